@@ -1,0 +1,50 @@
+"""`python -m mvar_dist <command>`: doctor, config, demo-data."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mvar_dist", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("doctor", help="report Python/torch/CUDA, optional accelerations and op code paths")
+    c = sub.add_parser("config", help="print a resolved config (preset or YAML + dotted overrides)")
+    c.add_argument("config", nargs="?", default=None, help="preset name or YAML path")
+    c.add_argument("overrides", nargs="*", help="dotted overrides such as model.depth=16")
+    sub.add_parser("presets", help="list the shipped presets")
+    d = sub.add_parser("demo-data", help="write the embedded 10-class procedural ImageFolder")
+    d.add_argument("root")
+    d.add_argument("--per-class", type=int, default=20)
+    d.add_argument("--size", type=int, default=256)
+    d.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+
+    if a.cmd == "doctor":
+        from .doctor import main as doctor
+
+        doctor()
+    elif a.cmd == "presets":
+        from .config import list_presets
+
+        print("\n".join(list_presets()))
+    elif a.cmd == "config":
+        import yaml
+
+        from .config import ConfigError, load_config, to_dict
+
+        try:
+            cfg = load_config(a.config, a.overrides)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    elif a.cmd == "demo-data":
+        from .demo_data import main as demo_data
+
+        demo_data([a.root, "--per-class", str(a.per_class), "--size", str(a.size), "--seed", str(a.seed)])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

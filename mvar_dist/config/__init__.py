@@ -1,0 +1,12 @@
+"""Typed configs per component, YAML presets in configs/, dotted command-line overrides."""
+from .errors import ConfigError
+from .loader import (build_config, config_hash, configs_dir, find_config, list_presets, load_config,
+                     parse_overrides, save_config, to_dict)
+from .schema import (DEFAULT_PATCH_NUMS, CheckpointConfig, DataConfig, EvalConfig, LoggingConfig,
+                     ModelConfig, OptimConfig, RunConfig, TokenizerConfig)
+
+__all__ = [
+    "ConfigError", "build_config", "config_hash", "configs_dir", "find_config", "list_presets", "load_config",
+    "parse_overrides", "save_config", "to_dict", "DEFAULT_PATCH_NUMS", "CheckpointConfig", "DataConfig",
+    "EvalConfig", "LoggingConfig", "ModelConfig", "OptimConfig", "RunConfig", "TokenizerConfig",
+]
