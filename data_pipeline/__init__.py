@@ -1,1 +1,11 @@
-"""The Ray pre-tokenisation job, installed as `mvar_dist.data_pipeline`."""
+"""The Ray pre-tokenisation job, installed as `mvar_dist.data_pipeline`.
+
+    sources   list ImageFolder / tar / s3:// inputs      augment  decode, reject, K crop/flip variants
+    stages    Ray Data decode tasks + encoder actors     writer   Parquet shards, completion records, verify
+    job       plan, resume, run, manifest                progress periodic progress lines
+"""
+from .augment import SCHEME, VariantSpec
+from .job import TokenizeOptions, run_tokenize, tokenize
+from .writer import load_rows, verify
+
+__all__ = ["SCHEME", "VariantSpec", "TokenizeOptions", "run_tokenize", "tokenize", "verify", "load_rows"]

@@ -127,6 +127,7 @@ class OptimConfig:
     aln: float = 0.5                # init multiplier of the other AdaLN rows
     label_smoothing: float = 0.0    # cross-entropy label smoothing
     precision: str = "bf16"         # "bf16", "fp16" (with loss scaling) or "fp32"
+    max_bad_steps: int = 10         # stop after this many consecutive skipped (NaN/Inf) steps
 
     def resolve(self) -> "OptimConfig":
         if self.twde < 0:
@@ -160,6 +161,7 @@ class CheckpointConfig:
     keep_last: int = 3              # keep the newest K complete checkpoints
     keep_every: int = 0             # additionally keep every M-th step forever (0 = none)
     resume: str = "auto"            # "auto" = newest complete checkpoint, "none", or a checkpoint path
+    export_dtype: str = "bf16"      # dtype of the consolidated model.safetensors: "bf16", "fp32" or "none"
 
     def validate(self) -> None:
         _positive("ckpt.every_steps", self.every_steps)
@@ -172,6 +174,7 @@ class LoggingConfig:
     log_every: int = 10             # console/TensorBoard interval in steps
     val_every: int = 0              # validation interval in steps (0 = off)
     progress_bar: bool = True       # tqdm progress bar on rank 0
+    peak_tflops: float = 0.0        # per-device peak TFLOP/s for MFU; 0 = look up the GPU (CPU: MFU not logged)
 
 
 @dataclass

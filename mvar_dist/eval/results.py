@@ -1,0 +1,122 @@
+"""The evaluation protocol and the results table keyed by (checkpoint id, protocol hash).
+
+Every number is stored next to the full protocol that produced it, so two FIDs are comparable exactly when their
+protocol hashes are equal. The table is a CSV (`<root>/eval_results.csv`), rewritten atomically under a file lock,
+so concurrent services and restarts never lose or duplicate rows.
+"""
+from __future__ import annotations
+
+import csv
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Dict, List, Optional
+
+RESULTS_NAME = "eval_results.csv"
+METRICS_VERSION = "mvar_dist-eval-1"  # bump when a metric's definition changes: old rows stop matching
+
+
+@dataclass(frozen=True)
+class Protocol:
+    num_classes: int                # classes sampled (labels 0..num_classes-1)
+    num_per_class: int              # images per class (50 for the standard 50k)
+    cfg: float                      # classifier-free guidance at the last scale
+    top_k: int                      # top-k filter (0 = off)
+    top_p: float                    # nucleus filter
+    more_smooth: bool               # soft Gumbel sampling (visualisation only; False for FID)
+    seed: int                       # base seed; a batch's seed derives from (seed, its first image index)
+    batch_size: int                 # images per sampler call: part of the protocol because it fixes the seeds
+    resolution: int                 # image side in pixels
+    image_format: str = "png"       # samples are lossless PNG (JPEG shifts FID)
+    reference_sha256: str = ""      # sha256 of the reference .npz ("" = no reference: FID skipped)
+    inception_sha256: str = ""      # sha256 of the Inception weights file ("" = none: FID skipped)
+    metrics_version: str = METRICS_VERSION
+
+    @property
+    def num_samples(self) -> int:
+        return self.num_classes * self.num_per_class
+
+    @property
+    def fid_enabled(self) -> bool:
+        return bool(self.reference_sha256 and self.inception_sha256)
+
+    def hash(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def row_fields(self) -> Dict[str, object]:
+        return {**asdict(self), "num_samples": self.num_samples}
+
+
+PROTOCOL_COLUMNS = [f.name for f in fields(Protocol)] + ["num_samples"]
+METRIC_COLUMNS = ["fid", "sfid", "inception_score", "precision", "recall"]
+COLUMNS = (["checkpoint_id", "protocol_hash", "run", "step", "status", "note"] + METRIC_COLUMNS
+           + PROTOCOL_COLUMNS + ["model_sha256", "sample_dir", "wall_s", "created"])
+
+
+class ResultsTable:
+    """`has(ckpt, proto_hash)`, `get(...)`, `upsert(row)`, `rows()` over `<root>/eval_results.csv`."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.path = self.root / RESULTS_NAME
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def _locked(self):
+        with open(self.root / (RESULTS_NAME + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _read(self) -> List[Dict[str, str]]:
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames and not {"checkpoint_id", "protocol_hash"} <= set(reader.fieldnames):
+                raise ValueError(f"{self.path}: not an eval results table (columns {reader.fieldnames})")
+            return list(reader)
+
+    def rows(self) -> List[Dict[str, str]]:
+        with self._locked():
+            return self._read()
+
+    def get(self, checkpoint_id: str, protocol_hash: str) -> Optional[Dict[str, str]]:
+        for row in self.rows():
+            if row["checkpoint_id"] == checkpoint_id and row["protocol_hash"] == protocol_hash:
+                return row
+        return None
+
+    def has(self, checkpoint_id: str, protocol_hash: str) -> bool:
+        return self.get(checkpoint_id, protocol_hash) is not None
+
+    def upsert(self, row: Dict[str, object]) -> None:
+        """Insert or replace the row with the same (checkpoint_id, protocol_hash); atomic rewrite."""
+        missing = [c for c in ("checkpoint_id", "protocol_hash") if not row.get(c)]
+        if missing:
+            raise ValueError(f"results row lacks {missing}")
+        unknown = sorted(set(row) - set(COLUMNS))
+        if unknown:
+            raise ValueError(f"results row has unknown columns {unknown}")
+        key = (row["checkpoint_id"], row["protocol_hash"])
+        with self._locked():
+            rows = [r for r in self._read() if (r["checkpoint_id"], r["protocol_hash"]) != key]
+            rows.append({c: ("" if row.get(c) is None else row[c]) for c in COLUMNS})
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=self.root)
+            try:
+                with os.fdopen(fd, "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+                    w.writeheader()
+                    w.writerows(rows)
+                os.replace(tmp, self.path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise

@@ -1,0 +1,139 @@
+"""Class-balanced, deterministic, resumable sampling to a PNG folder, split over ranks.
+
+Image i has label i // num_per_class (class-major, like the reference protocol's 50 per class). Images are made
+in fixed batches [b*B, (b+1)*B); batch b always gets the same labels and the same seed, derived from
+(seed, b*B), whichever rank draws it. So a rerun, a resumption or a different world size reproduces the same
+images (same device and software), and a batch whose PNGs all exist is skipped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterator, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .npz import save_png
+
+PLAN_NAME = "plan.json"
+# (labels_B int64, seed) -> (B, H, W, 3) uint8
+SampleFn = Callable[[torch.Tensor, int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    num_classes: int
+    num_per_class: int
+    batch_size: int
+    seed: int
+
+    def __post_init__(self):
+        for name in ("num_classes", "num_per_class", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"SamplePlan.{name} must be > 0, got {getattr(self, name)}")
+
+    @property
+    def num_samples(self) -> int:
+        return self.num_classes * self.num_per_class
+
+    @property
+    def num_batches(self) -> int:
+        return -(-self.num_samples // self.batch_size)
+
+    def label(self, i: int) -> int:
+        return i // self.num_per_class
+
+    def batch_range(self, b: int) -> Tuple[int, int]:
+        return b * self.batch_size, min((b + 1) * self.batch_size, self.num_samples)
+
+    def batch_seed(self, b: int) -> int:
+        # a hash rather than seed + b so nearby base seeds do not share batches' streams
+        start = self.batch_range(b)[0]
+        digest = hashlib.sha256(f"mvar-eval:{self.seed}:{start}".encode()).digest()
+        return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+    def rank_batches(self, rank: int, world_size: int) -> Iterator[int]:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        return iter(range(rank, self.num_batches, world_size))
+
+    @staticmethod
+    def file_name(i: int) -> str:
+        return f"{i:06d}.png"  # zero-padded: name order = index order = class order when packed
+
+
+def dist_rank_world() -> Tuple[int, int]:
+    """(rank, world_size) of the initialised torch.distributed group, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _claim_plan(plan: SamplePlan, out_dir: Path) -> None:
+    """Record the plan beside the images; refuse to mix images of two plans in one folder."""
+    path = out_dir / PLAN_NAME
+    want = asdict(plan)
+    if path.exists():
+        have = json.loads(path.read_text())
+        if have != want:
+            raise ValueError(f"{out_dir} holds samples of another plan {have}, this one is {want}; "
+                             "use a fresh folder")
+        return
+    tmp = out_dir / f".{PLAN_NAME}.{os.getpid()}"
+    tmp.write_text(json.dumps(want, indent=1))
+    os.replace(tmp, path)
+
+
+def generate_samples(sample_fn: SampleFn, plan: SamplePlan, out_dir, rank: Optional[int] = None,
+                     world_size: Optional[int] = None, log: Optional[Callable[[str], None]] = None) -> Dict[str, int]:
+    """This rank's share of the plan as PNGs in `out_dir`; returns {"made": images, "skipped": images}."""
+    if rank is None or world_size is None:
+        rank, world_size = dist_rank_world()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _claim_plan(plan, out_dir)
+    made = skipped = 0
+    for b in plan.rank_batches(rank, world_size):
+        start, end = plan.batch_range(b)
+        paths = [out_dir / plan.file_name(i) for i in range(start, end)]
+        if all(p.exists() for p in paths):
+            skipped += len(paths)
+            continue
+        labels_B = torch.tensor([plan.label(i) for i in range(start, end)], dtype=torch.long)
+        imgs = np.asarray(sample_fn(labels_B, plan.batch_seed(b)))
+        if imgs.dtype != np.uint8 or imgs.shape[0] != len(paths) or imgs.ndim != 4 or imgs.shape[-1] != 3:
+            raise ValueError(f"sample_fn returned {imgs.dtype} {imgs.shape}, expected uint8 ({len(paths)}, H, W, 3)")
+        for img, p in zip(imgs, paths):
+            save_png(img, p)
+        made += len(paths)
+        if log:
+            log(f"[sample] rank {rank}: batch {b + 1}/{plan.num_batches} ({end} images)")
+    return {"made": made, "skipped": skipped}
+
+
+def count_done(plan: SamplePlan, out_dir) -> int:
+    out_dir = Path(out_dir)
+    return sum((out_dir / plan.file_name(i)).exists() for i in range(plan.num_samples))
+
+
+def to_uint8(img_B3HW: torch.Tensor) -> np.ndarray:
+    """[0, 1] float images -> (B, H, W, 3) uint8, rounding to nearest as the reference packer does."""
+    x = img_B3HW.detach().float().mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def model_sample_fn(model, vae, cfg: float, top_k: int, top_p: float, more_smooth: bool = False) -> SampleFn:
+    """Adapter from `MVAR.sample(vae, labels, cfg, top_k, top_p, seed, more_smooth)` to a SampleFn."""
+    device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def fn(labels_B: torch.Tensor, seed: int) -> np.ndarray:
+        _, img = model.sample(vae, labels_B.to(device), cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
+                              more_smooth=more_smooth)
+        return to_uint8(img)
+
+    return fn

@@ -1,0 +1,170 @@
+"""The checkpoint-watching evaluation service.
+
+Each pass lists the complete checkpoints under every root, and for each one whose (checkpoint id, protocol hash)
+is not yet in the results table: samples the class-balanced set (resuming a half-done folder), computes the
+metrics, writes one row and TensorBoard scalars. Restarting repeats nothing: finished rows are skipped and
+existing PNGs are reused. The protocol includes the reference and Inception hashes, so adding weights later
+re-evaluates (with the samples already on disk) instead of mixing numbers from two protocols.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from .checkpoints import CheckpointRef, find_checkpoints, load_run_config, sampler_for, stage
+from .evaluate import Evaluator
+from .inception import file_sha256
+from .npz import pack_folder
+from .results import Protocol, ResultsTable
+from .sampling import SamplePlan, SampleFn, generate_samples
+
+# (local step folder, options, run config) -> SampleFn; the default loads the checkpoint's MVAR
+SamplerFactory = Callable[[Path, "ServiceOptions", object], SampleFn]
+
+
+@dataclass
+class ServiceOptions:
+    roots: List[str]                    # checkpoint roots: run folders, checkpoints/ folders or folders of runs
+    work_dir: str                       # results table, samples, staged remote checkpoints, caches
+    num_per_class: int = 50
+    cfg: float = 1.5
+    top_k: int = 900
+    top_p: float = 0.96
+    more_smooth: bool = False
+    seed: int = 0
+    batch_size: int = 32
+    inception_weights: str = ""         # "" = FID skipped (and said so)
+    reference_npz: str = ""
+    device: str = "cpu"
+    pack_npz: bool = False              # also write samples.npz (arr_0) beside each sample folder
+    tensorboard: bool = True
+    poll_s: float = 60.0
+    log: Callable[[str], None] = field(default=print, repr=False)
+
+    @classmethod
+    def from_eval_config(cls, ev, roots: List[str], work_dir: str, **kw) -> "ServiceOptions":
+        """From an EvalConfig section (num_per_class, cfg, top_k, top_p, seed, batch_size, weights, reference)."""
+        names = ("num_per_class", "cfg", "top_k", "top_p", "seed", "batch_size", "inception_weights", "reference_npz")
+        return cls(roots=roots, work_dir=work_dir, **{n: getattr(ev, n) for n in names}, **kw)
+
+
+def default_sampler_factory(folder: Path, opts: ServiceOptions, run_cfg) -> SampleFn:
+    return sampler_for(folder, opts.cfg, opts.top_k, opts.top_p, opts.more_smooth, opts.device, run_cfg)
+
+
+class EvalService:
+    def __init__(self, opts: ServiceOptions, sampler_factory: SamplerFactory = default_sampler_factory):
+        self.opts = opts
+        self.work = Path(opts.work_dir)
+        self.table = ResultsTable(self.work)
+        self.evaluator = Evaluator(opts.inception_weights, opts.reference_npz, opts.device,
+                                   cache_dir=str(self.work / "cache"))
+        self.sampler_factory = sampler_factory
+        if self.evaluator.status() != "ok":
+            opts.log(f"[eval] {self.evaluator.status()}")
+
+    # ------------------------------------------------------------------ protocol
+    def protocol(self, run_cfg) -> Protocol:
+        o = self.opts
+        return Protocol(num_classes=run_cfg.model.num_classes, num_per_class=o.num_per_class, cfg=o.cfg,
+                        top_k=o.top_k, top_p=o.top_p, more_smooth=o.more_smooth, seed=o.seed,
+                        batch_size=o.batch_size, resolution=run_cfg.tokenizer.resolution,
+                        reference_sha256=self.evaluator.reference_sha256,
+                        inception_sha256=self.evaluator.inception_sha256)
+
+    def sample_dir(self, ckpt: CheckpointRef, proto: Protocol) -> Path:
+        # keyed without the metric hashes: samples are reused when weights/reference are added later
+        sampling = dataclasses.replace(proto, reference_sha256="", inception_sha256="")
+        return self.work / "samples" / ckpt.run / f"step_{ckpt.step:08d}" / sampling.hash()
+
+    # ------------------------------------------------------------------ one pass
+    def pending(self) -> List[CheckpointRef]:
+        out = []
+        for root in self.opts.roots:
+            out.extend(find_checkpoints(root))
+        return out
+
+    def run_once(self) -> List[Dict[str, object]]:
+        """Evaluate every complete checkpoint not yet in the table; returns the new rows."""
+        new_rows = []
+        for ckpt in self.pending():
+            folder = stage(ckpt, self.work / "staged")
+            run_cfg = load_run_config(folder)
+            proto = self.protocol(run_cfg)
+            if self.table.has(ckpt.id, proto.hash()):
+                continue
+            new_rows.append(self.evaluate(ckpt, folder, run_cfg, proto))
+        return new_rows
+
+    def evaluate(self, ckpt: CheckpointRef, folder: Path, run_cfg, proto: Protocol) -> Dict[str, object]:
+        o, t0 = self.opts, time.time()
+        plan = SamplePlan(proto.num_classes, proto.num_per_class, proto.batch_size, proto.seed)
+        out_dir = self.sample_dir(ckpt, proto)
+        o.log(f"[eval] {ckpt.id}: sampling {plan.num_samples} images -> {out_dir}")
+        sample_fn = self.sampler_factory(folder, o, run_cfg)
+        counts = generate_samples(sample_fn, plan, out_dir, rank=0, world_size=1, log=None)
+        if counts["skipped"]:
+            o.log(f"[eval] {ckpt.id}: resumed, {counts['skipped']} images already on disk")
+        if o.pack_npz:
+            pack_folder(out_dir, out_dir.with_suffix(".npz"), expected=plan.num_samples)
+        metrics = self.evaluator.evaluate(out_dir)
+        weights = folder / "model.safetensors"
+        row = {"checkpoint_id": ckpt.id, "protocol_hash": proto.hash(), "run": ckpt.run, "step": ckpt.step,
+               **metrics, **proto.row_fields(),
+               "model_sha256": file_sha256(weights) if weights.is_file() else "",
+               "sample_dir": str(out_dir), "wall_s": round(time.time() - t0, 3),
+               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        self.table.upsert(row)
+        if o.tensorboard:
+            self.write_tensorboard(ckpt, row, out_dir)
+        o.log(f"[eval] {ckpt.id}: {_summary(row)}")
+        return row
+
+    # ------------------------------------------------------------------ TensorBoard
+    def tb_dir(self, ckpt: CheckpointRef) -> Path:
+        """`<run>/tb/eval` for local runs (beside the trainer's curves); a local mirror for remote ones."""
+        if ckpt.is_remote:
+            return self.work / "tb" / ckpt.run / "eval"
+        return Path(ckpt.run_uri) / "tb" / "eval"
+
+    def write_tensorboard(self, ckpt: CheckpointRef, row: Dict[str, object], sample_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        from .npz import list_pngs, load_png
+
+        w = SummaryWriter(str(self.tb_dir(ckpt)))
+        try:
+            for name in ("fid", "sfid", "inception_score", "precision", "recall"):
+                if row.get(name) is not None:
+                    w.add_scalar(f"eval/{name}", float(row[name]), ckpt.step)
+            w.add_text("eval/protocol", f"{row['status']} {row['protocol_hash']}: {row['note'] or 'ok'}", ckpt.step)
+            grid = [load_png(p) for p in list_pngs(sample_dir)[:8]]
+            if grid:
+                w.add_image("eval/samples", np.concatenate(grid, axis=1), ckpt.step, dataformats="HWC")
+        finally:
+            w.close()
+
+    # ------------------------------------------------------------------ loop
+    def watch(self, max_passes: Optional[int] = None) -> None:
+        passes = 0
+        while max_passes is None or passes < max_passes:
+            rows = self.run_once()
+            passes += 1
+            if not rows:
+                self.opts.log(f"[eval] nothing new under {self.opts.roots}; next look in {self.opts.poll_s:.0f}s")
+            if max_passes is not None and passes >= max_passes:
+                break
+            time.sleep(self.opts.poll_s)
+
+
+def _summary(row: Dict[str, object]) -> str:
+    parts = [f"{k}={float(row[k]):.4f}" for k in ("fid", "sfid", "inception_score", "precision", "recall")
+             if row.get(k) is not None]
+    proto = (f"[{row['num_samples']} samples, {row['num_per_class']}/class, cfg {row['cfg']}, top-k {row['top_k']}, "
+             f"top-p {row['top_p']}, seed {row['seed']}, {row['image_format']}, protocol {row['protocol_hash']}]")
+    return (" ".join(parts) + " " if parts else "") + proto + (f" {row['note']}" if row.get("note") else "")

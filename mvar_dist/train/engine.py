@@ -1,0 +1,165 @@
+"""DeepSpeed plumbing: process group, the filled-in ZeRO-3 config, optimizer and engine.
+
+`configs/zero3.json` keeps the sizes that depend on the run as "auto"; `fill_ds_config` turns them
+into numbers from the run config, the world size and the model width, and refuses combinations
+DeepSpeed would only reject later with a less helpful message.
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from mvar_dist.config import ConfigError, RunConfig, configs_dir
+
+AUTO = "auto"
+
+
+def default_ds_config_path() -> Path:
+    return configs_dir() / "zero3.json"
+
+
+def read_ds_config(path: Optional[str]) -> Dict[str, Any]:
+    p = Path(path) if path else default_ds_config_path()
+    if not p.is_file():
+        raise ConfigError("ds_config", f"DeepSpeed config file not found: {p}")
+    try:
+        return json.loads(p.read_text())
+    except ValueError as e:
+        raise ConfigError("ds_config", f"{p} is not valid JSON: {e}") from e
+
+
+def batch_split(global_batch: int, micro_batch: int, world_size: int) -> tuple:
+    """(micro batch per rank, gradient accumulation steps) for a fixed global batch."""
+    if global_batch % world_size:
+        raise ConfigError("optim.global_batch",
+                          f"global batch {global_batch} is not divisible by world size {world_size}; "
+                          f"the global batch stays fixed across world sizes, so pick a multiple of {world_size}")
+    micro = micro_batch or global_batch // world_size
+    if global_batch % (micro * world_size):
+        raise ConfigError("optim.micro_batch",
+                          f"global batch {global_batch} is not divisible by world size {world_size} x micro batch "
+                          f"{micro} = {micro * world_size}; choose micro_batch dividing {global_batch // world_size}")
+    return micro, global_batch // (micro * world_size)
+
+
+def _fill(section: Dict[str, Any], key: str, value: Any, what: str) -> None:
+    """Replace "auto" (or a missing key); an explicit value must agree with the run config."""
+    cur = section.get(key, AUTO)
+    if cur == AUTO:
+        section[key] = value
+    elif cur != value:
+        raise ConfigError("ds_config", f"{key}={cur} in the DeepSpeed config contradicts {what}={value}; "
+                                       f"set it to \"auto\" or change the run config")
+
+
+def fill_ds_config(template: Dict[str, Any], cfg: RunConfig, world_size: int, load_universal: bool = False
+                   ) -> Dict[str, Any]:
+    """The DeepSpeed config for this run with every "auto" resolved (the template is not modified)."""
+    ds = copy.deepcopy(template)
+    if "optimizer" in ds or "scheduler" in ds:
+        raise ConfigError("ds_config", "remove 'optimizer'/'scheduler' from the DeepSpeed config: the trainer builds "
+                                       "AdamW with the official no-weight-decay groups and sets lr/wd every step")
+    micro, accum = batch_split(cfg.optim.global_batch, cfg.optim.micro_batch, world_size)
+    _fill(ds, "train_batch_size", cfg.optim.global_batch, "optim.global_batch")
+    _fill(ds, "train_micro_batch_size_per_gpu", micro, "micro batch")
+    _fill(ds, "gradient_accumulation_steps", accum, "gradient accumulation steps")
+    _fill(ds, "gradient_clipping", float(cfg.optim.clip), "optim.clip")
+    for name in ("bf16", "fp16"):
+        sec = ds.setdefault(name, {})
+        _fill(sec, "enabled", cfg.optim.precision == name, f"optim.precision ({cfg.optim.precision})")
+    zero = ds.setdefault("zero_optimization", {})
+    if zero.get("stage", 3) != 3:
+        raise ConfigError("ds_config", f"zero_optimization.stage is {zero.get('stage')}; this trainer is built for ZeRO-3")
+    zero["stage"] = 3
+    h = cfg.model.width
+    # Hugging Face's rules of thumb for hidden size h (systems_notes 2).
+    _fill(zero, "reduce_bucket_size", h * h, "width^2")
+    _fill(zero, "stage3_prefetch_bucket_size", int(0.9 * h * h), "0.9 width^2")
+    _fill(zero, "stage3_param_persistence_threshold", 10 * h, "10 width")
+    if load_universal:
+        ds.setdefault("checkpoint", {})["load_universal"] = True
+    leftover = [k for k, v in _walk(ds) if v == AUTO]
+    if leftover:
+        raise ConfigError("ds_config", f"no rule fills these \"auto\" values: {', '.join(leftover)}")
+    return ds
+
+
+def _walk(d: Dict[str, Any], prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _walk(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def init_distributed() -> tuple:
+    """(rank, world_size, device); works under deepspeed, torchrun and a plain single `python` process."""
+    import deepspeed
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=30))
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    return rank, world, device
+
+
+def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> tuple:
+    """AdamW over the official decay / no-decay groups, and each group's wd multiplier (1 or 0).
+
+    The multipliers are kept outside the optimizer on purpose: DeepSpeed's universal-checkpoint
+    load copies group 0's hyper-parameters into every group, which would decay the no-decay group.
+    """
+    groups = model.param_groups(cfg.optim.twd)
+    wd_mults = [float(g.pop("wd_mult", 1.0 if g.get("weight_decay", 0.0) > 0 else 0.0)) for g in groups]
+    kwargs = dict(lr=cfg.optim.peak_lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+    if torch.cuda.is_available():
+        kwargs["fused"] = True
+    return torch.optim.AdamW(groups, **kwargs), wd_mults
+
+
+def set_lr_wd(optimizer, lr: float, wd: float, wd_mults) -> None:
+    """Set every group's lr and weight decay for this step (called before each optimizer step)."""
+    if len(optimizer.param_groups) != len(wd_mults):
+        raise RuntimeError(f"optimizer has {len(optimizer.param_groups)} param groups, expected {len(wd_mults)}")
+    for g, mult in zip(optimizer.param_groups, wd_mults):
+        g["lr"] = lr
+        g["weight_decay"] = wd * mult
+
+
+def build_engine(model: torch.nn.Module, cfg: RunConfig, ds_config: Dict[str, Any]) -> tuple:
+    """(DeepSpeed engine, wd multipliers per optimizer group)."""
+    import deepspeed
+
+    optimizer, wd_mults = build_optimizer(model, cfg)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    return engine, wd_mults
+
+
+def engine_dtype(cfg: RunConfig) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.optim.precision]
+
+
+def oom_message(cfg: RunConfig, micro: int) -> str:
+    tips = [f"lower optim.micro_batch (now {micro}; the global batch stays {cfg.optim.global_batch} through "
+            f"gradient accumulation)"]
+    if not cfg.model.act_checkpoint:
+        tips.append("turn on model.act_checkpoint=true")
+    if cfg.optim.precision == "fp32":
+        tips.append("train in optim.precision=bf16")
+    return "out of memory: " + "; ".join(tips)

@@ -1,0 +1,216 @@
+"""Scale-structured attention for multi-scale token sequences, with a dispatcher.
+
+Two mask kinds over the concatenated scales (coarse to fine, each scale raster-ordered):
+  * "intra":  block-diagonal, a token sees only the tokens of its own scale (M-VAR);
+  * "causal": block-causal, a token sees its own scale and every earlier one (VAR).
+Both are bidirectional inside a scale. Any prefix of whole scales is a valid sequence, which the
+recomputing sampler uses.
+
+Paths (picked by `scale_attention`, reported by `describe`):
+  * "sdpa-mask":  SDPA with a dense boolean (L, L) mask; runs everywhere (the CPU path, fwd+bwd);
+  * "flex":       FlexAttention with a BlockMask (CUDA only: its CPU backward is not implemented);
+  * "flash-varlen": flash-attn varlen over per-scale segments (intra only, CUDA, fp16/bf16),
+                   cu_seqlens precomputed per batch size, max_seqlen = the largest scale;
+  * "reference":  an fp32 per-scale loop (intra) / explicit softmax (causal), used by tests.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+KINDS = ("intra", "causal")
+
+
+def _check(patch_nums: Sequence[int], kind: str) -> Tuple[int, ...]:
+    if kind not in KINDS:
+        raise ValueError(f"attention mask kind must be one of {KINDS}, got {kind!r}")
+    pns = tuple(int(p) for p in patch_nums)
+    if not pns or any(p <= 0 for p in pns):
+        raise ValueError(f"patch_nums must be positive ints, got {patch_nums}")
+    return pns
+
+
+@functools.lru_cache(maxsize=64)
+def scale_ids(patch_nums: Tuple[int, ...]) -> torch.Tensor:
+    """(L,) int64: the scale index of every position."""
+    return torch.cat([torch.full((p * p,), si, dtype=torch.long) for si, p in enumerate(patch_nums)])
+
+
+def scale_bounds(patch_nums: Sequence[int]) -> Tuple[int, ...]:
+    """Cumulative token offsets (0, pn0², pn0²+pn1², ...): scale si spans [b[si], b[si+1])."""
+    out = [0]
+    for p in patch_nums:
+        out.append(out[-1] + int(p) * int(p))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=64)
+def _dense_mask_cpu(patch_nums: Tuple[int, ...], kind: str) -> torch.Tensor:
+    lvl = scale_ids(patch_nums)
+    if kind == "intra":
+        return lvl[:, None] == lvl[None, :]
+    return lvl[:, None] >= lvl[None, :]
+
+
+_DEVICE_MASKS: Dict[Tuple, torch.Tensor] = {}
+
+
+def dense_mask(patch_nums: Sequence[int], kind: str, device=None) -> torch.Tensor:
+    """(L, L) bool, True where query i may attend to key j. Cached per (patch_nums, kind, device)."""
+    pns = _check(patch_nums, kind)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    key = (pns, kind, str(device))
+    mask = _DEVICE_MASKS.get(key)
+    if mask is None:
+        mask = _dense_mask_cpu(pns, kind).to(device)
+        _DEVICE_MASKS[key] = mask
+    return mask
+
+
+def _prefix_scales(patch_nums: Tuple[int, ...], L: int) -> Tuple[int, ...]:
+    bounds = scale_bounds(patch_nums)
+    if L not in bounds[1:]:
+        raise ValueError(f"sequence length {L} is not a whole-scale prefix of patch_nums {patch_nums} "
+                         f"(valid lengths: {bounds[1:]})")
+    return patch_nums[: bounds.index(L)]
+
+
+# ------------------------------------------------------------------------------------------ paths
+def attention_reference(q_BHLD, k_BHLD, v_BHLD, patch_nums, kind: str, scale: float) -> torch.Tensor:
+    """fp32 reference: explicit softmax over the masked scores (the ground truth for the fast paths)."""
+    pns = _prefix_scales(_check(patch_nums, kind), q_BHLD.shape[2])
+    mask_LL = dense_mask(pns, kind, q_BHLD.device)
+    s_BHLL = torch.einsum("bhld,bhmd->bhlm", q_BHLD.float(), k_BHLD.float()) * scale
+    s_BHLL = s_BHLL.masked_fill(~mask_LL, float("-inf"))
+    return torch.einsum("bhlm,bhmd->bhld", s_BHLL.softmax(-1), v_BHLD.float()).to(q_BHLD.dtype)
+
+
+def _sdpa_mask(q, k, v, pns, kind, scale):
+    mask_LL = dense_mask(pns, kind, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask_LL, scale=scale)
+
+
+_FLEX_MASKS: Dict[Tuple, object] = {}
+
+
+def _flex(q, k, v, pns, kind, scale):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    key = (pns, kind, str(q.device))
+    block_mask = _FLEX_MASKS.get(key)
+    if block_mask is None:
+        lvl = scale_ids(pns).to(q.device)
+        if kind == "intra":
+            def mask_mod(b, h, qi, ki):
+                return lvl[qi] == lvl[ki]
+        else:
+            def mask_mod(b, h, qi, ki):
+                return lvl[qi] >= lvl[ki]
+        L = lvl.numel()
+        block_mask = create_block_mask(mask_mod, None, None, L, L, device=q.device)
+        _FLEX_MASKS[key] = block_mask
+    return _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale)
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+_CU_SEQLENS: Dict[Tuple, torch.Tensor] = {}
+
+
+def _flash_varlen(q, k, v, pns, kind, scale):
+    from flash_attn import flash_attn_varlen_func
+
+    B, H, L, D = q.shape
+    key = (pns, B, str(q.device))
+    cu = _CU_SEQLENS.get(key)
+    if cu is None:
+        lens = torch.tensor([p * p for p in pns] * B, dtype=torch.int32)
+        cu = F.pad(lens.cumsum(0, dtype=torch.int32), (1, 0)).to(q.device)
+        _CU_SEQLENS[key] = cu
+    max_len = max(pns) ** 2  # not a hard-coded 256: any patch_nums (model_spec 6.1)
+    flat = [t.transpose(1, 2).reshape(B * L, H, D) for t in (q, k, v)]
+    o = flash_attn_varlen_func(*flat, cu, cu, max_len, max_len, softmax_scale=scale, causal=False)
+    return o.view(B, L, H, D).transpose(1, 2)
+
+
+def _has(mod: str) -> bool:
+    try:
+        __import__(mod)
+        return True
+    except Exception:  # noqa: BLE001 - a broken optional install counts as absent
+        return False
+
+
+@functools.lru_cache(maxsize=8)
+def _flex_available() -> bool:
+    try:
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+_FORCED: Optional[str] = None
+
+
+def set_backend(name: Optional[str]) -> None:
+    """Force one path ("sdpa-mask", "flex", "flash-varlen", "reference") or None for automatic."""
+    global _FORCED
+    if name is not None and name not in _PATHS:
+        raise ValueError(f"unknown attention backend {name!r}; choose from {sorted(_PATHS)}")
+    _FORCED = name
+
+
+def select_path(device, dtype, kind: str) -> str:
+    """The path `scale_attention` takes for tensors on `device` with `dtype`."""
+    if _FORCED is not None:
+        return _FORCED
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "sdpa-mask"
+    if kind == "intra" and dtype in (torch.float16, torch.bfloat16) and _has("flash_attn"):
+        return "flash-varlen"
+    if _flex_available():
+        return "flex"
+    return "sdpa-mask"
+
+
+_PATHS = {"sdpa-mask": _sdpa_mask, "flex": _flex, "flash-varlen": _flash_varlen,
+          "reference": lambda q, k, v, pns, kind, scale: attention_reference(q, k, v, pns, kind, scale)}
+
+
+def scale_attention(q_BHLD: torch.Tensor, k_BHLD: torch.Tensor, v_BHLD: torch.Tensor,
+                    patch_nums: Sequence[int], kind: str, scale: float) -> torch.Tensor:
+    """Masked multi-scale attention; L may be any whole-scale prefix of patch_nums. -> (B, H, L, D)."""
+    pns = _prefix_scales(_check(patch_nums, kind), q_BHLD.shape[2])
+    if k_BHLD.shape != q_BHLD.shape or v_BHLD.shape != q_BHLD.shape:
+        raise ValueError(f"q, k, v shapes differ: {tuple(q_BHLD.shape)}, {tuple(k_BHLD.shape)}, "
+                         f"{tuple(v_BHLD.shape)}")
+    path = select_path(q_BHLD.device, q_BHLD.dtype, kind)
+    if path == "flash-varlen" and kind != "intra":
+        path = "flex"
+    return _PATHS[path](q_BHLD, k_BHLD, v_BHLD, pns, kind, scale)
+
+
+def describe(device=None, dtype=torch.bfloat16) -> Dict[str, str]:
+    """Which path each mask kind takes on `device` (default: cuda if available, else cpu)."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {f"attention ({kind})": select_path(device, dtype, kind) for kind in KINDS}
+
+
+def attention_pairs(patch_nums: Sequence[int], kind: str) -> int:
+    """Number of (query, key) pairs the mask allows: the attention FLOP count's unit."""
+    n = [int(p) ** 4 for p in patch_nums]
+    if kind == "intra":
+        return sum(n)
+    sizes = [int(p) ** 2 for p in patch_nums]
+    return sum(s * sum(sizes[: i + 1]) for i, s in enumerate(sizes))
