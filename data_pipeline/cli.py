@@ -28,7 +28,8 @@ def parse(argv):
     p.add_argument("--num-actors", type=int, default=1, help="encoder actors (one tokenizer each)")
     p.add_argument("--actor-cpus", type=float, default=0.5, help="CPUs per encoder actor (fractional is fine)")
     p.add_argument("--read-cpus", type=float, default=0.5, help="CPUs per decode task")
-    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per encoder actor (0 = CPU)")
+    p.add_argument("--num-gpus", type=float, default=-1.0,
+                   help="GPUs per encoder actor (0 = CPU; default -1 = one actor per GPU when the cluster has GPUs)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 on GPU (faster; ids may differ on near-ties)")
     p.add_argument("--min-side", type=int, default=32, help="reject images whose shorter side is below this")
     p.add_argument("--non-rgb", choices=("convert", "reject"), default="convert",

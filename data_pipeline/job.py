@@ -40,7 +40,7 @@ class TokenizeOptions:
     num_actors: int = 1                         # encoder actors (one tokenizer each)
     actor_cpus: float = 0.5                     # CPUs per encoder actor (fractional on small boxes)
     read_cpus: float = 0.5                      # CPUs per decode task
-    num_gpus: float = 0.0                       # GPUs per encoder actor (0 = CPU encoders)
+    num_gpus: float = -1.0                      # GPUs per encoder actor; 0 = CPU; -1 = auto (1 per actor, an actor per GPU)
     tf32: bool = False                          # allow TF32 on GPU (faster, ids may differ on near-ties)
     torch_threads: int = 0                      # torch threads per actor (0 = Ray's default)
     s3_endpoint: Optional[str] = None           # explicit S3 endpoint (else AWS_ENDPOINT_URL / AWS config)
@@ -54,8 +54,8 @@ class TokenizeOptions:
         for name in ("images_per_shard", "row_group_size", "batch_size", "read_batch", "num_actors"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.actor_cpus <= 0 or self.read_cpus <= 0 or self.num_gpus < 0:
-            raise ValueError("actor_cpus and read_cpus must be > 0, num_gpus >= 0")
+        if self.actor_cpus <= 0 or self.read_cpus <= 0 or (self.num_gpus < 0 and self.num_gpus != -1):
+            raise ValueError("actor_cpus and read_cpus must be > 0, num_gpus >= 0 or -1 (auto)")
 
 
 @dataclass
@@ -201,6 +201,11 @@ def _run_pipeline(listing, pending, tok_cfg, tok_hash, vae, dest, opts, records,
 
     from .stages import EncodeActor, decode_batch
 
+    num_gpus, num_actors = opts.num_gpus, opts.num_actors
+    if num_gpus < 0:    # auto: GPU encoders when the cluster has GPUs
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        num_gpus, num_actors = (1.0, max(num_actors, gpus)) if gpus else (0.0, num_actors)
+    log(f"[tokenize] encoder pool: {num_actors} actor(s), " + (f"{num_gpus:g} GPU each" if num_gpus else "CPU"))
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False    # our own progress line replaces Ray's bars
     items = []
@@ -216,9 +221,9 @@ def _run_pipeline(listing, pending, tok_cfg, tok_hash, vae, dest, opts, records,
                         batch_size=opts.read_batch, num_cpus=opts.read_cpus, batch_format="numpy")
     ds = ds.map_batches(EncodeActor, fn_constructor_kwargs={
         "tok_cfg": _tok_dict(tok_cfg), "expected_hash": tok_hash, "state_ref": state_ref,
-        "device": "cuda" if opts.num_gpus > 0 else "cpu", "tf32": opts.tf32, "torch_threads": opts.torch_threads},
-        compute=ray.data.ActorPoolStrategy(size=opts.num_actors), batch_size=opts.batch_size,
-        num_cpus=opts.actor_cpus, num_gpus=opts.num_gpus or None, batch_format="numpy")
+        "device": "cuda" if num_gpus > 0 else "cpu", "tf32": opts.tf32, "torch_threads": opts.torch_threads},
+        compute=ray.data.ActorPoolStrategy(size=num_actors), batch_size=opts.batch_size,
+        num_cpus=opts.actor_cpus, num_gpus=num_gpus or None, batch_format="numpy")
 
     by_index = {p.index: p for p in pending}
     buffers: Dict[int, List[dict]] = {p.index: [] for p in pending}

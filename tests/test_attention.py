@@ -84,3 +84,15 @@ def test_forced_backend_and_describe():
         A.set_backend(None)
     torch.testing.assert_close(A.scale_attention(q, k, v, PNS, "intra", 1.0), ref, rtol=1e-5, atol=1e-5)
     assert A.describe("cpu") == {"attention (intra)": "sdpa-mask", "attention (causal)": "sdpa-mask"}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["intra", "causal"])
+def test_gpu_path_matches_reference(kind):
+    full = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = [torch.randn(2, 4, 680, 64, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(3)]
+    path = A.select_path("cuda", torch.bfloat16, kind)
+    out = A.scale_attention(q, k, v, full, kind, 0.125)
+    ref = A.attention_reference(q.float(), k.float(), v.float(), full, kind, 0.125)
+    assert (out.float() - ref).abs().max() < 2e-2, path

@@ -142,6 +142,11 @@ def test_bf16_autocast_on_cpu(arch):
     assert (out - ref).abs().max() < 0.05 * ref.abs().max() + 1e-2
     out.sum().backward()
     assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+    m.eval()
+    with torch.no_grad():  # bf16 weights without autocast (DeepSpeed's bf16 mode)
+        ref = m(labels, x)
+        out = m.to(torch.bfloat16)(labels, x)
+    assert out.dtype == torch.float32 and (out - ref).abs().max() < 0.05 * ref.abs().max()
 
 
 @pytest.mark.parametrize("arch", ["mvar", "var"])

@@ -13,7 +13,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 MARKER = "COMPLETE"
 STAGED_FILES = ("model.safetensors", "config.yaml", "meta.json")
@@ -42,14 +42,20 @@ class CheckpointRef:
 
 
 def _fs(root: str):
+    """(filesystem, path); s3:// takes its endpoint from $AWS_ENDPOINT_URL like the data loader, and its
+    credentials from the standard AWS chain (never logged)."""
     import fsspec
 
-    return fsspec.core.url_to_fs(root)
+    opts = {}
+    if root.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL"):
+        opts["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
+    return fsspec.core.url_to_fs(root, **opts)
 
 
 def find_checkpoints(root: str) -> List[CheckpointRef]:
     """Complete step folders under `root`, ordered by (run, step)."""
     fs, base = _fs(root)
+    fs.invalidate_cache()  # s3fs caches listings per instance: a watcher must see new markers
     base = base.rstrip("/")
     local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
     found = {}

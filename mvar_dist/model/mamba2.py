@@ -77,11 +77,6 @@ class Mamba2(nn.Module):
         self.D.fill_(1.0)
         self.norm.weight.fill_(1.0)
 
-    def empty_state(self, batch: int, device=None) -> MambaState:
-        device = device if device is not None else self.A_log.device
-        return MambaState(torch.zeros(batch, self.conv_dim, self.d_conv - 1, device=device),
-                          torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device))
-
     def forward(self, u_BLD: torch.Tensor, state: Optional[MambaState] = None, return_state: bool = False):
         B, L, _ = u_BLD.shape
         zxbcdt_BLE = self.in_proj(u_BLD)

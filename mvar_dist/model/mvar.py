@@ -193,11 +193,16 @@ class MVAR(nn.Module):
 
 def _gathered(params):
     """Under ZeRO-3 (zero.Init), gather partitioned parameters for an in-place init; rank 0's values
-    win. A no-op for ordinary tensors."""
+    win. A no-op for ordinary tensors and for parameters a caller already gathered (then the caller
+    owns the collective, and may run the init on rank 0 alone)."""
     params = list(params)
     if not any(hasattr(p, "ds_id") for p in params):
         return contextlib.nullcontext()
     import deepspeed
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    if all(getattr(p, "ds_status", None) == ZeroParamStatus.AVAILABLE for p in params):
+        return contextlib.nullcontext()
 
     return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
 

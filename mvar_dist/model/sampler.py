@@ -63,7 +63,7 @@ def _check_vae(model, vae) -> None:
                          f"(vocab {model.vocab_size}, z_channels {model.z_channels})")
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: callers may edit the returned tensors in place
 def sample(model, vae, labels_B, cfg: float = 1.5, top_k: int = 900, top_p: float = 0.96,
            seed: Optional[int] = 0, more_smooth: bool = False, incremental: bool = True):
     """-> (ids: list of (B, pn²) int64 per scale, img (B, 3, H, W) float32 in [0, 1])."""

@@ -228,7 +228,7 @@ def _fit_chinchilla(N, D, L, huber_delta, grid, n_starts, n_boot, ci_level, seed
     samples = []
     for _ in range(n_boot):
         idx = rng.integers(0, len(N), len(N))
-        res = _minimise([best.x, *starts[:3]], lN[idx], lD[idx], lL[idx], huber_delta)
+        res = _minimise([best.x, starts[0]], lN[idx], lD[idx], lL[idx], huber_delta)
         samples.append(_natural(res.x))
     samples = np.asarray(samples, float).reshape(-1, 5)
     q = 100 * (1 - ci_level) / 2

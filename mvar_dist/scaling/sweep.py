@@ -58,7 +58,7 @@ class Sweep:
     head_dim: int = 0                        # >0: width = head_dim * depth, num_heads = depth
     per_depth: Dict[int, Tuple[str, ...]] = field(default_factory=dict)
     overrides: Tuple[str, ...] = ()
-    train_command: Tuple[str, ...] = ("{python}", "launchers/train.py")
+    train_command: Tuple[str, ...] = ("{python}", "{repo}/launchers/train.py")
     eval_command: Tuple[str, ...] = ()       # run after training with {run_dir}/{config} filled in; () = none
     dataset_images: int = IMAGENET_TRAIN_IMAGES
     hardware: Hardware = field(default_factory=Hardware)
@@ -177,7 +177,7 @@ def parse_sweep(data: Mapping[str, Any], source: str = "sweep") -> Sweep:
     head_dim = data.get("head_dim", 0)
     if head_dim:
         head_dim = _pos_int(head_dim, "head_dim", err)
-    train_command = _command(data.get("train_command", ["{python}", "launchers/train.py"]), "train_command", err)
+    train_command = _command(data.get("train_command", ["{python}", "{repo}/launchers/train.py"]), "train_command", err)
     if not train_command:
         raise err("train_command", "must not be empty")
     return Sweep(

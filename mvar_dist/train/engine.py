@@ -163,3 +163,27 @@ def oom_message(cfg: RunConfig, micro: int) -> str:
     if cfg.optim.precision == "fp32":
         tips.append("train in optim.precision=bf16")
     return "out of memory: " + "; ".join(tips)
+
+
+def repair_after_universal_load(engine) -> None:
+    """Work around DeepSpeed 0.19.8's universal ZeRO-3 load, which assigns ONE `step` tensor to the
+    Adam state of every parameter group: torch's AdamW increments it in place once per group, so
+    with our two groups the step count (and Adam's bias correction) would advance twice per step."""
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    for state in inner.state.values():
+        step = state.get("step")
+        if torch.is_tensor(step):
+            state["step"] = step.clone()
+
+
+def reset_zero3_trace(engine) -> None:
+    """Make ZeRO-3 re-record its parameter prefetch trace at the next step.
+
+    The trace is recorded from training forward+backward passes; an eval forward or a full
+    GatheredParameters export in between can leave it out of step with the next training pass
+    (seen as "tracing error at step N ... expected the next 2 parameters" after a resume). One
+    step without prefetch is the price."""
+    offload = getattr(engine.optimizer, "parameter_offload", None)
+    coord = offload.get_param_coordinator() if offload is not None else None
+    if coord is not None and not coord.is_invalid_trace():
+        coord._invalidate_trace()

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from mvar_dist.config import ConfigError, RunConfig
 from . import checkpoint as ck
 from .engine import batch_split, build_engine, engine_dtype, fill_ds_config, init_distributed, oom_message, \
-    read_ds_config, set_lr_wd
+    read_ds_config, repair_after_universal_load, reset_zero3_trace, set_lr_wd
 from .export import gather_official_state_dict, save_model_file
 from .metrics import MetricsWriter, StepTimer, device_peak_flops, peak_memory_gb, scale_sums, summarize, \
     token_losses, append_jsonl, truncate_jsonl
@@ -144,6 +144,8 @@ def _run(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: in
     if plan is not None:
         engine.load_checkpoint(str(plan.folder / ck.DS_DIR), tag=plan.tag, load_optimizer_states=True,
                                load_lr_scheduler_states=False, load_module_strict=True)
+        if plan.universal:
+            repair_after_universal_load(engine)
         loader.load_state_dict(json.loads((plan.folder / "loader.json").read_text()))
         step = int(plan.meta["step"])
         rng = ck.load_rng(plan.folder, rank) if not plan.universal else None
@@ -192,6 +194,7 @@ def _run(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: in
             sd = gather_official_state_dict(engine.module, rank, cfg.ckpt.export_dtype)
             if rank == 0:
                 save_model_file(sd, tmp / "model.safetensors", {"arch": cfg.model.arch, "step": str(at_step)})
+            reset_zero3_trace(engine)
         dist.barrier()
         if rank == 0:
             lstate = loader.state_dict()
@@ -313,5 +316,6 @@ def evaluate(engine, vae, val_loader, patch_nums, micro: int, dtype, device) -> 
             sums += scale_sums(ce_BL, logits_BLV, tokens_BL[sl], patch_nums)
     _all_reduce(sums)
     engine.train()
+    reset_zero3_trace(engine)
     out = summarize(sums, patch_nums)
     return {"loss": out["L_mean"], **out}

@@ -1,0 +1,104 @@
+"""Watch checkpoint roots (local or s3://) and evaluate every complete checkpoint once.
+
+    python launchers/eval_service.py --roots outputs/demo128 --work-dir outputs/eval --once
+    python launchers/eval_service.py --roots s3://bucket/runs --work-dir /data/eval \\
+        --inception-weights pt_inception-2015-12-05-6726825d.pth --reference VIRTUAL_imagenet256_labeled.npz
+
+Protocol defaults come from the eval section of --config (a preset or YAML; eval.* dotted overrides also work)
+and each flag overrides them. Results: <work-dir>/eval_results.csv; TensorBoard: <run>/tb/eval.
+s3:// endpoints come from $AWS_ENDPOINT_URL; credentials from the standard AWS chain.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import urllib.request
+from pathlib import Path
+
+
+def fetch_inception(folder: str) -> int:
+    """Explicit download of pytorch-fid's weights file, checked against the sha256 prefix in its name."""
+    from mvar_dist.eval.inception import STANDARD_FILE, STANDARD_URL, read_weights
+
+    dst = Path(folder) / STANDARD_FILE
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}")
+    print(f"downloading {STANDARD_URL} -> {dst}")
+    urllib.request.urlretrieve(STANDARD_URL, tmp)
+    os.replace(tmp, dst)
+    read_weights(dst)  # raises if the hash prefix does not match
+    print(f"ok: pass --inception-weights {dst}")
+    return 0
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--roots", nargs="+", help="run folders, checkpoints/ folders or folders of runs")
+    p.add_argument("--work-dir", default="outputs/eval", help="results table, samples, caches")
+    p.add_argument("--config", default=None, help="preset or YAML whose eval section gives the defaults")
+    p.add_argument("--once", action="store_true", help="one pass over existing checkpoints, then exit")
+    p.add_argument("--poll", type=float, default=60.0, help="seconds between passes when watching")
+    p.add_argument("--inception-weights", default=None, help="pytorch-fid pt_inception-2015-12-05-6726825d.pth")
+    p.add_argument("--reference", default=None, help="reference batch .npz (mu/sigma[, mu_s/sigma_s, arr_0])")
+    p.add_argument("--num-per-class", type=int, default=None)
+    p.add_argument("--cfg", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default="cuda" if _has_cuda() else "cpu")
+    p.add_argument("--pack-npz", action="store_true", help="also pack each sample folder into an arr_0 .npz")
+    p.add_argument("--no-tensorboard", action="store_true")
+    p.add_argument("--fetch-inception", metavar="DIR", help="download the standard Inception weights, then exit")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides such as eval.cfg=2.0")
+    return p.parse_args(argv)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def main(argv=None) -> int:
+    a = parse(argv)
+    if a.fetch_inception:
+        return fetch_inception(a.fetch_inception)
+    if not a.roots:
+        print("error: --roots is required", file=sys.stderr)
+        return 2
+    from mvar_dist.config import ConfigError, load_config
+    from mvar_dist.eval.inception import InceptionWeightsError
+    from mvar_dist.eval.reference import ReferenceError
+    from mvar_dist.eval.service import EvalService, ServiceOptions
+
+    try:
+        ev = load_config(a.config, a.overrides).eval
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    flags = {"inception_weights": a.inception_weights, "reference_npz": a.reference,
+             "num_per_class": a.num_per_class, "cfg": a.cfg, "top_k": a.top_k, "top_p": a.top_p,
+             "seed": a.seed, "batch_size": a.batch_size}
+    for name, value in flags.items():
+        if value is not None:
+            setattr(ev, name, value)
+    opts = ServiceOptions.from_eval_config(ev, roots=a.roots, work_dir=a.work_dir, device=a.device,
+                                           pack_npz=a.pack_npz, tensorboard=not a.no_tensorboard, poll_s=a.poll)
+    try:
+        service = EvalService(opts)
+    except (InceptionWeightsError, ReferenceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        service.watch(max_passes=1 if a.once else None)
+    except KeyboardInterrupt:
+        print("[eval] stopped; finished rows are kept and half-done sampling resumes on the next start")
+        return 130
+    print(f"[eval] results: {service.table.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

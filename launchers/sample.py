@@ -1,0 +1,143 @@
+"""Class-balanced sampling to PNG (+ .npz), reference statistics and metrics, as separate steps.
+
+    # 50 per class with the FID settings, over 8 GPUs (any rank count gives the same images):
+    torchrun --nproc_per_node 8 launchers/sample.py sample --ckpt runs/x/checkpoints/step_00100000 \\
+        --out samples/x_100k --npz
+    python launchers/sample.py pack samples/x_100k samples/x_100k.npz --expected 50000
+    python launchers/sample.py reference imagenet_val_256/ ref.npz --inception-weights pt_inception-...pth
+    python launchers/sample.py metrics samples/x_100k --inception-weights pt_inception-...pth --reference ref.npz
+
+Sampling resumes: rerunning the same command completes a half-done folder with identical images.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _dist_init():
+    """Join the torchrun group when launched by it; returns (rank, world_size, device)."""
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, f"cuda:{local}"
+    return rank, world, "cpu"
+
+
+def cmd_sample(a) -> int:
+    import torch
+
+    from mvar_dist.eval.checkpoints import load_run_config, sampler_for
+    from mvar_dist.eval.npz import pack_folder
+    from mvar_dist.eval.sampling import SamplePlan, generate_samples
+
+    rank, world, device = _dist_init()
+    run_cfg = load_run_config(a.ckpt)
+    ev = run_cfg.eval
+    pick = lambda flag, default: default if flag is None else flag  # noqa: E731
+    plan = SamplePlan(run_cfg.model.num_classes, pick(a.num_per_class, ev.num_per_class),
+                      pick(a.batch_size, ev.batch_size), pick(a.seed, ev.seed))
+    fn = sampler_for(a.ckpt, pick(a.cfg, ev.cfg), pick(a.top_k, ev.top_k), pick(a.top_p, ev.top_p),
+                     a.more_smooth, device, run_cfg)
+    counts = generate_samples(fn, plan, a.out, rank, world, log=print if rank == 0 else None)
+    if world > 1:
+        torch.distributed.barrier()
+    if rank == 0:
+        print(f"[sample] {plan.num_samples} images in {a.out} (this rank made {counts['made']}, "
+              f"skipped {counts['skipped']} already there)")
+        if a.npz:
+            out = a.out.rstrip("/") + ".npz"
+            pack_folder(a.out, out, expected=plan.num_samples)
+            print(f"[sample] packed {out}")
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+def cmd_pack(a) -> int:
+    from mvar_dist.eval.npz import pack_folder
+
+    n = pack_folder(a.folder, a.out, expected=a.expected)
+    print(f"packed {n} images -> {a.out}")
+    return 0
+
+
+def cmd_reference(a) -> int:
+    from mvar_dist.eval.inception import build_inception
+    from mvar_dist.eval.reference import reference_from_folder
+
+    net = build_inception(a.inception_weights, a.device)
+    n = reference_from_folder(net, a.folder, a.out, batch_size=a.batch_size, keep_images=a.keep_images,
+                              device=a.device)
+    print(f"reference statistics of {n} images -> {a.out} (inception sha256 {net.weights_sha256[:16]})")
+    return 0
+
+
+def cmd_metrics(a) -> int:
+    import tempfile
+
+    from mvar_dist.eval.evaluate import Evaluator
+    from mvar_dist.eval.npz import load_images, save_png
+
+    ev = Evaluator(a.inception_weights or "", a.reference or "", a.device, batch_size=a.batch_size)
+    folder = a.samples
+    if a.samples.endswith(".npz"):  # an arr_0 batch from elsewhere: unpack to PNGs (lossless) first
+        folder = tempfile.mkdtemp(prefix="mvar-eval-")
+        for i, img in enumerate(load_images(a.samples)):
+            save_png(img, os.path.join(folder, f"{i:06d}.png"))
+    result = ev.evaluate(folder)
+    result.update(samples=a.samples, inception_sha256=ev.inception_sha256, reference_sha256=ev.reference_sha256)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def main(argv=None) -> int:
+    from mvar_dist.eval.inception import InceptionWeightsError
+    from mvar_dist.eval.reference import ReferenceError
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("sample", help="class-balanced PNG samples of a checkpoint (resumable, multi-rank)")
+    s.add_argument("--ckpt", required=True, help="step folder with model.safetensors and config.yaml")
+    s.add_argument("--out", required=True)
+    for flag, typ in (("--num-per-class", int), ("--batch-size", int), ("--seed", int), ("--cfg", float),
+                      ("--top-k", int), ("--top-p", float)):
+        s.add_argument(flag, type=typ, default=None, help="default: the checkpoint config's eval section")
+    s.add_argument("--more-smooth", action="store_true", help="soft Gumbel sampling (visualisation, not FID)")
+    s.add_argument("--npz", action="store_true", help="also pack <out>.npz (arr_0) on rank 0")
+    k = sub.add_parser("pack", help="PNG folder -> .npz with arr_0 uint8 (N, H, W, 3)")
+    k.add_argument("folder")
+    k.add_argument("out")
+    k.add_argument("--expected", type=int, default=None, help="require exactly this many PNGs")
+    for name, helptext in (("reference", "reference statistics (.npz, ADM layout) of an image folder"),
+                           ("metrics", "FID/sFID/IS/precision/recall of a PNG folder or .npz")):
+        r = sub.add_parser(name, help=helptext)
+        if name == "reference":
+            r.add_argument("folder")
+            r.add_argument("out")
+            r.add_argument("--keep-images", type=int, default=10000, help="images stored as arr_0 for P/R")
+        else:
+            r.add_argument("samples")
+            r.add_argument("--reference", default=None)
+        r.add_argument("--inception-weights", required=name == "reference")
+        r.add_argument("--batch-size", type=int, default=50)
+        r.add_argument("--device", default="cpu")
+    a = p.parse_args(argv)
+    try:
+        return {"sample": cmd_sample, "pack": cmd_pack, "reference": cmd_reference, "metrics": cmd_metrics}[a.cmd](a)
+    except (InceptionWeightsError, ReferenceError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
