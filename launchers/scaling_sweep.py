@@ -52,7 +52,8 @@ def analyze(sweep, n_boot: int, entropy) -> int:
         if name == "skipped":
             continue
         d = fit.to_dict()
-        desc = (f"alpha={d['alpha']:.4f} beta={d['beta']:.4g} r={d['pearson_r']:.4f}" if "alpha" in d else
+        desc = (f"alpha={d['alpha']:.4f} beta={d['beta'] if d['beta'] is None else format(d['beta'], '.4g')} "
+                f"r={d['pearson_r']:.4f}" if "alpha" in d else
                 f"E={d['E']:.4f} A={d['A']:.4g} a={d['a']:.3f} B={d['B']:.4g} b={d['b']:.3f}")
         print(f"[sweep] fit {name}: {desc}")
     for name, why in sorted(fits["skipped"].items()):

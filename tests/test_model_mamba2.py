@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mvar_dist.model import Mamba2
+from mvar_dist.model import Mamba2, MambaState
 
 
 def _random_mamba(d_model=16, d_state=8, headdim=8, seed=0, dtype=torch.float64):
@@ -22,8 +22,9 @@ def _random_mamba(d_model=16, d_state=8, headdim=8, seed=0, dtype=torch.float64)
     return m
 
 
-def naive_mamba2(m: Mamba2, u_BLD: torch.Tensor) -> torch.Tensor:
-    """Sequential recurrence in float64: conv window, softplus dt, S_t = e^{dt A} S + dt x Bᵀ, y = S C + D x."""
+def naive_mamba2(m: Mamba2, u_BLD: torch.Tensor, state: MambaState = None) -> torch.Tensor:
+    """Sequential recurrence in float64: conv window, softplus dt, S_t = e^{dt A} S + dt x Bᵀ, y = S C + D x.
+    `state`: pre-conv rows before the sequence and the initial SSM state."""
     u = u_BLD.double()
     W = {k: v.double() for k, v in m.state_dict().items()}
     B, L, _ = u.shape
@@ -31,15 +32,17 @@ def naive_mamba2(m: Mamba2, u_BLD: torch.Tensor) -> torch.Tensor:
     z, xBC, dt = zxbcdt.split([m.d_inner, m.conv_dim, m.nheads], dim=-1)
     w = W["conv1d.weight"][:, 0]  # (conv_dim, K)
     K = w.shape[1]
-    S = torch.zeros(B, m.nheads, m.headdim, m.d_state, dtype=torch.float64)
+    prev = (torch.zeros(B, K - 1, m.conv_dim, dtype=torch.float64) if state is None
+            else state.conv_BDK.double().transpose(1, 2))
+    xBC = torch.cat([prev, xBC], dim=1)  # row t of the sequence is row t + K - 1 here
+    S = (torch.zeros(B, m.nheads, m.headdim, m.d_state, dtype=torch.float64) if state is None
+         else state.ssm_BHPN.double().clone())
     A = -torch.exp(W["A_log"])
     ys = []
     for t in range(L):
         acc = W["conv1d.bias"].expand(B, -1).clone()
         for k in range(K):
-            src = t - (K - 1) + k
-            if src >= 0:
-                acc = acc + w[:, k] * xBC[:, src]
+            acc = acc + w[:, k] * xBC[:, t + k]
         xbc = F.silu(acc)
         x, Bt, Ct = xbc.split([m.d_inner, m.d_state, m.d_state], dim=-1)
         x = x.view(B, m.nheads, m.headdim)
@@ -64,6 +67,21 @@ def test_matches_sequential_recurrence_fp64():
     u2 = u.clone()
     u2[:, :5] = 0
     assert (m(u2)[:, -1] - out[:, -1]).abs().max() > 1e-3
+
+
+def test_matches_recurrence_from_nonzero_initial_state():
+    m = _random_mamba(seed=3)
+    u = torch.randn(2, 9, 16, dtype=torch.float64)
+    state = MambaState(torch.randn(2, m.conv_dim, 3, dtype=torch.float64),
+                       torch.randn(2, m.nheads, m.headdim, m.d_state, dtype=torch.float64))
+    out, new = m(u, state, return_state=True)
+    ref = naive_mamba2(m, u, state)
+    assert ((out - ref).abs().max() / ref.abs().max()).item() <= 1e-6
+    assert (out - m(u)).abs().max() > 1e-2  # the initial state matters
+    # the returned state continues the sequence exactly like one longer run
+    u2 = torch.randn(2, 5, 16, dtype=torch.float64)
+    ref2 = naive_mamba2(m, torch.cat([u, u2], 1), state)[:, 9:]
+    assert ((m(u2, new) - ref2).abs().max() / ref2.abs().max()).item() <= 1e-6
 
 
 def test_pieces_with_state_equal_whole_sequence():

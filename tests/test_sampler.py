@@ -92,3 +92,20 @@ def test_argument_checks():
         model.sample(_vae((1, 2, 4)), [1])
     with pytest.raises(ValueError, match="out of range"):
         model.sample(_vae(pns), [11])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["mvar", "var"])
+def test_cuda_forward_and_sampler_agree_with_cpu(arch):
+    pns = (1, 2, 3, 4)
+    model, vae = _model(arch, 2, pns), _vae(pns)
+    labels = torch.tensor([1, 2])
+    x = torch.randn(2, 29, Z)
+    model.eval()
+    with torch.no_grad():
+        ref = model(labels, x)
+        out = model.cuda()(labels.cuda(), x.cuda()).cpu()
+    assert (out - ref).abs().max() < 1e-3 * ref.abs().max() + 1e-4
+    ids_inc, img = model.sample(vae.cuda(), labels, top_k=1, top_p=0.0, seed=0)
+    ids_rec, _ = model.sample(vae, labels, top_k=1, top_p=0.0, seed=0, incremental=False)
+    assert all(torch.equal(a, b) for a, b in zip(ids_inc, ids_rec)) and img.is_cuda

@@ -44,7 +44,7 @@ def pareto_frontier(x: Sequence[float], y: Sequence[float]) -> np.ndarray:
 @dataclass
 class PowerLawFit:
     alpha: float
-    beta: float
+    log_c: float                       # intercept: log L = log_c + alpha * log(X / x_scale)
     pearson_r: float
     n: int
     x_scale: float                     # X was divided by this before fitting (beta is in those units)
@@ -53,30 +53,32 @@ class PowerLawFit:
     ci_level: float
     n_boot: int
     data_hash: str
-    samples: np.ndarray = field(repr=False, default=None)  # (n_boot, 2) bootstrap (alpha, beta)
+    samples: np.ndarray = field(repr=False, default=None)  # (n_boot, 2) bootstrap (alpha, log_c)
+
+    @property
+    def beta(self) -> Optional[float]:
+        """VAR's beta = exp(log_c / alpha); None when alpha ~ 0 makes it overflow (a flat curve)."""
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            b = float(np.exp(self.log_c / self.alpha)) if self.alpha != 0 else float("inf")
+        return b if np.isfinite(b) and b > 0 else None
 
     def predict(self, x) -> np.ndarray:
-        y = (self.beta * np.asarray(x, float) / self.x_scale) ** self.alpha
-        return y + (self.entropy or 0.0)
+        # Evaluated through the intercept, which stays finite when beta does not.
+        return np.exp(self.log_c + self.alpha * np.log(np.asarray(x, float) / self.x_scale)) + (self.entropy or 0.0)
 
     def band(self, x, level: Optional[float] = None) -> np.ndarray:
         """(2, len(x)) pointwise bootstrap band of the fitted curve."""
         level = self.ci_level if level is None else level
-        xs = np.asarray(x, float) / self.x_scale
-        curves = (self.samples[:, 1:2] * xs[None, :]) ** self.samples[:, 0:1] + (self.entropy or 0.0)
+        lx = np.log(np.asarray(x, float) / self.x_scale)
+        curves = np.exp(self.samples[:, 1:2] + self.samples[:, 0:1] * lx[None, :]) + (self.entropy or 0.0)
         q = 100 * (1 - level) / 2
         return np.percentile(curves, [q, 100 - q], axis=0)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"form": "L = (beta * X / x_scale) ^ alpha" + (" + entropy" if self.entropy else ""),
-                "alpha": self.alpha, "beta": self.beta, "pearson_r": self.pearson_r, "n": self.n,
-                "x_scale": self.x_scale, "entropy": self.entropy, "ci": self.ci, "ci_level": self.ci_level,
-                "n_boot": self.n_boot, "data_hash": self.data_hash}
-
-
-def _loglog_line(lx: np.ndarray, ly: np.ndarray):
-    slope, icpt = np.polyfit(lx, ly, 1)
-    return slope, float(np.exp(icpt / slope)) if slope != 0 else float("nan")
+                "alpha": self.alpha, "beta": self.beta, "log_c": self.log_c, "pearson_r": self.pearson_r,
+                "n": self.n, "x_scale": self.x_scale, "entropy": self.entropy, "ci": self.ci,
+                "ci_level": self.ci_level, "n_boot": self.n_boot, "data_hash": self.data_hash}
 
 
 def fit_power_law(x, y, x_scale: float = 1.0, entropy: Optional[float] = None, n_boot: int = 1000,
@@ -94,7 +96,7 @@ def fit_power_law(x, y, x_scale: float = 1.0, entropy: Optional[float] = None, n
         bad = np.flatnonzero(target <= 0).tolist()
         raise ValueError(f"loss must exceed the entropy ({entropy}) for a reducible-loss fit; points {bad} do not")
     lx, ly = np.log(x / x_scale), np.log(target)
-    alpha, beta = _loglog_line(lx, ly)
+    alpha, log_c = np.polyfit(lx, ly, 1)
     r = float(np.corrcoef(lx, ly)[0, 1])
     rng = np.random.default_rng(seed)
     samples = []
@@ -102,12 +104,18 @@ def fit_power_law(x, y, x_scale: float = 1.0, entropy: Optional[float] = None, n
         idx = rng.integers(0, len(x), len(x))
         if len(np.unique(lx[idx])) < 2:  # a resample with one X value has no slope
             continue
-        samples.append(_loglog_line(lx[idx], ly[idx]))
+        samples.append(np.polyfit(lx[idx], ly[idx], 1))
     samples = np.asarray(samples, float).reshape(-1, 2)
     q = 100 * (1 - ci_level) / 2
-    ci = {k: np.percentile(samples[:, j], [q, 100 - q]).tolist() for j, k in enumerate(("alpha", "beta"))}
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        betas = np.exp(samples[:, 1] / samples[:, 0])
+    ci = {"alpha": np.percentile(samples[:, 0], [q, 100 - q]).tolist(),
+          "log_c": np.percentile(samples[:, 1], [q, 100 - q]).tolist()}
+    if n_boot and np.all(np.isfinite(betas)):
+        ci["beta"] = np.percentile(betas, [q, 100 - q]).tolist()
     h = data_hash(x, y, extra={"form": "var", "x_scale": x_scale, "entropy": entropy})
-    return PowerLawFit(float(alpha), beta, r, len(x), float(x_scale), entropy, ci, ci_level, n_boot, h, samples)
+    return PowerLawFit(float(alpha), float(log_c), r, len(x), float(x_scale), entropy, ci, ci_level, n_boot, h,
+                       samples)
 
 
 # ----------------------------------------------------------------------------------- Chinchilla

@@ -39,7 +39,7 @@ def _save(fig, out_dir: Path, name: str) -> List[Path]:
 def _fit_line(ax, fit, x_lo, x_hi, color, label):
     xs = np.logspace(np.log10(x_lo), np.log10(x_hi), 100)
     ax.plot(xs, fit.predict(xs), "--", color=color, lw=1.2,
-            label=f"{label}: $\\alpha$={fit.alpha:.3f}, r={fit.pearson_r:.3f}")
+            label=f"{label}: $\\alpha$={fit.alpha:.3g}, r={fit.pearson_r:.3f}")
     if fit.samples is not None and len(fit.samples):
         lo, hi = fit.band(xs)
         ax.fill_between(xs, lo, hi, color=color, alpha=0.15, lw=0)
