@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.torch_extensions/inductor
 
-.PHONY: demo test test-fast venv clean-demo
+.PHONY: demo test test-fast venv clean-demo sweep-demo
 
 venv: $(STAMP)
 
@@ -32,3 +32,9 @@ test-fast: $(STAMP)
 
 clean-demo:
 	rm -rf outputs/demo_data outputs/demo128
+
+# CPU scaling sweep over tiny VAR/M-VAR models: results table, fits, plots under outputs/sweeps/cpu_demo/
+sweep-demo: $(STAMP)
+	$(PY) -m mvar_dist demo-data outputs/demo_data64 --per-class 8 --size 64
+	test -f outputs/sweeps/cpu_demo/shards/manifest.json || $(PY) launchers/tokenize.py --config mvar_tiny --source outputs/demo_data64 --dest outputs/sweeps/cpu_demo/shards
+	$(PY) launchers/scaling_sweep.py run sweeps/cpu_demo
