@@ -47,7 +47,8 @@ def shard_bytes(image_id: List[str], label_N, variant_N, tokens_NL: np.ndarray, 
         pa.FixedSizeListArray.from_arrays(flat, seq_len),
     ], schema=shard_schema(seq_len))
     buf = io.BytesIO()
-    pq.write_table(table, buf, row_group_size=max(1, row_group_size), compression="zstd")
+    pq.write_table(table, buf, row_group_size=max(1, row_group_size), compression="zstd",
+                   write_page_checksum=True)  # lets readers detect corruption without a full sha256
     return buf.getvalue()
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "launchers" / "train.py"
@@ -66,7 +67,6 @@ def _losses(out: Path, rank: int = 0) -> dict:
 def _make_token_shards(root: Path) -> Path:
     """Tokenise the embedded dataset (4 images per class, 2 variants: plain and flipped) with the
     run's own tokenizer (mvar_tiny, random weights seed 0) into one shard + manifest."""
-    import torch
     from PIL import Image
 
     from mvar_dist.config import load_config
@@ -213,9 +213,10 @@ def test_resume_on_one_rank_from_two_rank_checkpoint(reference, shards, tmp_path
     broken = out / "checkpoints" / "step_00000010"
     shutil.copytree(reference / "checkpoints" / "step_00000012", broken)
     (broken / ck.MARKER).unlink()
-    p = run_train(1, [*COMMON, f"data.shards={shards}", f"out_dir={out}"])
+    # micro batch 4 on one rank = 2 accumulation steps for the same global batch of 8.
+    p = run_train(1, [*COMMON, f"data.shards={shards}", f"out_dir={out}", "optim.micro_batch=4"])
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert "universal conversion from world size 2" in p.stdout
+    assert "universal conversion from world size 2" in p.stdout and "x accum 2" in p.stdout
     assert (out / "checkpoints" / "step_00000008" / "ds" / ck.UNIVERSAL_TAG / ck.MARKER).is_file()
     assert not broken.exists()
     ref, got = _losses(reference), _losses(out)
@@ -257,3 +258,7 @@ def test_clear_errors_for_bad_input(shards, tmp_path):
     write_token_shards(str(other), num_images=20)
     p = run_train(1, ["--config", "mvar_tiny", f"data.shards={other}", f"out_dir={tmp_path / 'f'}"])
     assert p.returncode == 2 and "tokenizer" in p.stderr, p.stderr[-2000:]
+    if not torch.cuda.is_available():
+        p = run_train(1, ["--config", "mvar_tiny", f"data.shards={shards}", f"out_dir={tmp_path / 'g'}",
+                          "optim.precision=fp16"])
+        assert p.returncode == 2 and "fp16 (with loss scaling) needs a CUDA device" in p.stderr, p.stderr[-2000:]

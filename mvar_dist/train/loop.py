@@ -100,6 +100,8 @@ def _run(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: in
 
     out_dir, ckpt_root = Path(cfg.out_dir), Path(cfg.ckpt.dir)
     micro, accum = batch_split(cfg.optim.global_batch, cfg.optim.micro_batch, world)
+    if cfg.optim.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("optim.precision", "fp16 (with loss scaling) needs a CUDA device; use bf16 or fp32 on CPU")
     patch_nums = tuple(cfg.tokenizer.patch_nums)
     L = sum(p * p for p in patch_nums)
 

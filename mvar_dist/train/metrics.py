@@ -11,7 +11,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,15 +48,14 @@ def scale_sums(ce_BL: torch.Tensor, logits_BLV: torch.Tensor, target_BL: torch.T
     """[ce sum per scale..., correct count per scale..., samples] as one fp64 vector (for all-reduce)."""
     correct_BL = (logits_BLV.argmax(-1) == target_BL).double()
     ce_BL = ce_BL.detach().double()
-    out, start = [], 0
-    ces, accs = [], []
+    start, ces, accs = 0, [], []
     for pn in patch_nums:
         end = start + pn * pn
         ces.append(ce_BL[:, start:end].sum())
         accs.append(correct_BL[:, start:end].sum())
         start = end
-    out = torch.stack(ces + accs + [torch.tensor(float(ce_BL.shape[0]), dtype=torch.float64, device=ce_BL.device)])
-    return out
+    n = torch.tensor(float(ce_BL.shape[0]), dtype=torch.float64, device=ce_BL.device)
+    return torch.stack(ces + accs + [n])
 
 
 def summarize(sums: torch.Tensor, patch_nums: Sequence[int]) -> Dict[str, float]:
