@@ -14,15 +14,6 @@ from mvar_dist.eval.inception import FIDInceptionV3, InceptionWeightsError, rand
 _TV_LIB = None
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the 2 shared cores are oversubscribed: intra-op threads then spin and run ~10x slower than one thread
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def pytorch_fid():
     global _TV_LIB

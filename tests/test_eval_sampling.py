@@ -7,15 +7,6 @@ from mvar_dist.eval.npz import list_pngs, load_png
 from mvar_dist.eval.sampling import SamplePlan, count_done, generate_samples, model_sample_fn, to_uint8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the 2 shared cores are oversubscribed: intra-op threads then spin and run ~10x slower than one thread
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny_sample_fn():
     from mvar_dist.config import load_config

@@ -40,15 +40,10 @@ def _worker(out_path: str) -> None:
         if ckpt == "zero_init":  # partitioned at construction; init_weights gathers module by module
             with deepspeed.zero.Init(config_dict_or_path=ds_cfg):
                 model = MVAR.from_config(cfg)
-        elif ckpt == "zero_init_rank0":  # caller gathers everything and inits on rank 0 alone: no nested collective
-            with deepspeed.zero.Init(config_dict_or_path=ds_cfg):
-                model = MVAR.from_config(cfg, init=False)
-            with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
-                if rank == 0:
-                    with torch.random.fork_rng(devices=[]):
-                        torch.manual_seed(cfg.seed)
-                        model._embedding_init()
-                        model.init_weights(cfg.optim.aln, cfg.optim.alng, cfg.model.init_gamma3)
+        elif ckpt == "zero_init_rank0":  # the trainer's path: gather everything, init on rank 0 alone
+            from mvar_dist.train.loop import _build_model
+
+            model = _build_model(cfg, ds_cfg, True, rank)
         else:
             model = MVAR.from_config(cfg)
         model.act_checkpoint = ckpt is True

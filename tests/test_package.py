@@ -1,6 +1,9 @@
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,3 +29,18 @@ def test_doctor_reports_paths_without_secrets(monkeypatch):
     assert rows["s3 credentials"].startswith("present")
     assert rows["torch"] and "cuda" in rows
     assert any(k.startswith("op: ssd scan") for k in rows)
+
+
+@pytest.mark.slow
+def test_wheel_installs_the_same_package_tree(tmp_path):
+    # `pip install .` must carry ops/, data_pipeline/ and configs/ inside mvar_dist and nothing at top level.
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                          "-w", str(tmp_path), str(REPO)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    (wheel,) = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"mvar_dist", wheel.name.split("-")[0] + "-0.1.0.dist-info"}
+    for needed in ("mvar_dist/ops/ssd.py", "mvar_dist/data_pipeline/job.py", "mvar_dist/configs/zero3.json",
+                   "mvar_dist/configs/recipes/d16.yaml", "mvar_dist/configs/mvar_tiny.yaml",
+                   "mvar_dist/tokenizer/vqvae.py", "mvar_dist/model/mvar.py"):
+        assert needed in names, needed
