@@ -52,23 +52,17 @@ def drop_labels(labels_B: torch.Tensor, num_classes: int, p: float, seed: int, s
     return torch.where(drop_B, torch.full_like(labels_B, num_classes), labels_B)
 
 
-def _build_model(cfg: RunConfig, ds_config: Dict[str, Any], zero_init: bool, rank: int):
+def _build_model(cfg: RunConfig, ds_config: Dict[str, Any], zero_init: bool):
     from mvar_dist.model import MVAR
 
     if not zero_init:
         return MVAR.from_config(cfg)
     import deepspeed
 
-    # Constructed already partitioned: no rank ever holds the whole model outside the gather below.
+    # Constructed already partitioned; init_weights gathers one module at a time, so no rank ever
+    # holds the whole model, and the weights equal a plain build's (same seed, same order).
     with deepspeed.zero.Init(config_dict_or_path=ds_config):
-        model = MVAR.from_config(cfg, init=False)
-    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
-        if rank == 0:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(cfg.seed)
-                model._embedding_init()
-                model.init_weights(cfg.optim.aln, cfg.optim.alng, cfg.model.init_gamma3)
-    return model
+        return MVAR.from_config(cfg)
 
 
 def _meta(cfg: RunConfig, step: int, loader_state: Dict[str, int], world: int, extra: Dict[str, Any]) -> Dict[str, Any]:
@@ -135,7 +129,7 @@ def _run(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: in
     # ---- model and engine
     big = cfg.model.width >= 1536  # d24 and up: never materialise the full model per rank
     use_zero_init = zero_init == "on" or (zero_init == "auto" and big and world > 1)
-    model = _build_model(cfg, ds_config, use_zero_init, rank)
+    model = _build_model(cfg, ds_config, use_zero_init)
     model.cond_drop_rate = 0.0  # label dropout happens here, elastically deterministic (drop_labels)
     flops_per_image = int(model.flops_per_image(train=True))
     num_params = int(model.num_params())
