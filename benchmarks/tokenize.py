@@ -5,20 +5,15 @@ ImageNet-1k with K variants. Prints markdown tables.
     python benchmarks/tokenize.py                      # all tables
     python benchmarks/tokenize.py --skip-job           # encoder + estimate only (bare GPU box, no Ray)
 """
-import os
+
 import sys
 
+from mvar_dist.stdlib_shadow import become_stdlib, unshadow
+
 if __name__ == "__main__":
-    # benchmarks/ is sys.path[0] and this file's name shadows the stdlib `tokenize`: drop the folder first.
-    _here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+    unshadow(__file__)  # this file's name shadows the stdlib `tokenize`
     from mvar_dist.data_pipeline.bench import run_benchmark
 
     sys.exit(run_benchmark())
-else:
-    # A sibling benchmark imported `tokenize` and found this file: become the stdlib module.
-    import sysconfig
-
-    _std = os.path.join(sysconfig.get_paths()["stdlib"], "tokenize.py")
-    with open(_std, encoding="utf-8") as _f:
-        exec(compile(_f.read(), _std, "exec"), globals())
+else:  # a sibling script imported `tokenize` and found this file
+    become_stdlib("tokenize", globals())
