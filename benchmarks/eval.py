@@ -31,11 +31,11 @@ def bench_sampling(config: str, batch: int, iters: int, device: str):
     vae = MultiScaleVQVAE.from_config(cfg.tokenizer, seed=0).to(device).eval()
     fn = model_sample_fn(model, vae, cfg=cfg.eval.cfg, top_k=cfg.eval.top_k, top_p=cfg.eval.top_p)
     labels = torch.arange(batch) % cfg.model.num_classes
-    fn(labels, 0)  # warm-up
+    fn(labels, torch.arange(batch))  # warm-up; per-image seeds
     _sync(device)
     t = time.perf_counter()
     for i in range(iters):
-        fn(labels, i + 1)
+        fn(labels, torch.arange(batch) + (i + 1) * batch)
     _sync(device)
     return batch * iters / (time.perf_counter() - t), cfg.tokenizer.resolution
 

@@ -70,7 +70,7 @@ def test_reference_in_adm_layout_loads(tmp_path):
 
 def _proto(**kw):
     base = dict(num_classes=10, num_per_class=5, cfg=1.5, top_k=900, top_p=0.96, more_smooth=False, seed=0,
-                batch_size=8, resolution=64)
+                resolution=64)
     return Protocol(**{**base, **kw})
 
 
@@ -78,10 +78,11 @@ def test_protocol_hash_covers_every_field():
     p = _proto()
     assert p.num_samples == 50 and not p.fid_enabled
     for change in (dict(cfg=2.0), dict(top_k=600), dict(top_p=0.95), dict(seed=1), dict(num_per_class=50),
-                   dict(batch_size=16), dict(image_format="jpeg"), dict(reference_sha256="ab"),
+                   dict(resolution=128), dict(image_format="jpeg"), dict(reference_sha256="ab"),
                    dict(inception_sha256="cd"), dict(more_smooth=True)):
         assert _proto(**change).hash() != p.hash(), change
     assert _proto().hash() == p.hash()
+    assert "batch_size" not in p.row_fields()  # images do not depend on it (per-image seeds)
 
 
 def test_results_table_is_idempotent_and_rows_carry_the_protocol(tmp_path):

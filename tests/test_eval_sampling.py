@@ -19,15 +19,16 @@ def tiny_sample_fn():
     return model_sample_fn(model, vae, cfg=1.5, top_k=50, top_p=0.96)
 
 
-def test_plan_is_class_balanced_and_seeds_do_not_depend_on_rank():
+def test_plan_is_class_balanced_and_seeds_depend_on_the_image_only():
     plan = SamplePlan(num_classes=10, num_per_class=3, batch_size=4, seed=0)
     labels = [plan.label(i) for i in range(plan.num_samples)]
     assert np.bincount(labels).tolist() == [3] * 10 and labels == sorted(labels)
     assert plan.num_batches == 8 and plan.batch_range(7) == (28, 30)
-    seeds = [plan.batch_seed(b) for b in range(plan.num_batches)]
+    seeds = [plan.image_seed(i) for i in range(plan.num_samples)]
     assert len(set(seeds)) == len(seeds)
-    assert seeds == [SamplePlan(10, 3, 4, 0).batch_seed(b) for b in range(8)]
-    assert seeds != [SamplePlan(10, 3, 4, 1).batch_seed(b) for b in range(8)]
+    assert seeds == [SamplePlan(10, 3, 7, 0).image_seed(i) for i in range(30)]  # batch size plays no part
+    assert seeds != [SamplePlan(10, 3, 4, 1).image_seed(i) for i in range(30)]
+    assert plan.identity() == SamplePlan(10, 3, 7, 0).identity() != SamplePlan(10, 3, 4, 1).identity()
     split = [sorted(plan.rank_batches(r, 3)) for r in range(3)]
     assert sorted(sum(split, [])) == list(range(8)) and all(split)
     with pytest.raises(ValueError, match="num_per_class"):
@@ -58,11 +59,16 @@ def test_ranks_and_resumption_reproduce_the_same_images(tmp_path, tiny_sample_fn
     got = _images(tmp_path / "w2")
     assert sorted(got) == sorted(ref) and all(np.array_equal(got[k], ref[k]) for k in ref)
 
-    # a half-done folder resumes: only the missing batch is redone, and identically
-    for name in ("000004.png", "000006.png"):
+    # another batch size (3: images at other positions, a lone image in the last batch) gives the same PNGs
+    generate_samples(tiny_sample_fn, SamplePlan(10, 1, 3, seed=3), tmp_path / "b3", rank=0, world_size=1)
+    got = _images(tmp_path / "b3")
+    assert sorted(got) == sorted(ref) and all(np.array_equal(got[k], ref[k]) for k in ref)
+
+    # a half-done folder resumes, even with another batch size: only the missing images are made, identically
+    for name in ("000004.png", "000006.png", "000009.png"):
         (tmp_path / "w1" / name).unlink()
-    again = generate_samples(tiny_sample_fn, plan, tmp_path / "w1", rank=0, world_size=1)
-    assert again == {"made": 4, "skipped": 6}
+    again = generate_samples(tiny_sample_fn, SamplePlan(10, 1, 8, seed=3), tmp_path / "w1", rank=0, world_size=1)
+    assert again == {"made": 3, "skipped": 7}
     assert count_done(plan, tmp_path / "w1") == 10
     resumed = _images(tmp_path / "w1")
     assert all(np.array_equal(resumed[k], ref[k]) for k in ref)

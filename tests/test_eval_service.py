@@ -45,7 +45,8 @@ def write_checkpoint(run_dir, step, complete=True):
 
 
 def _opts(root, work, logs, **kw):
-    return ServiceOptions(roots=[str(root)], work_dir=str(work), num_per_class=1, batch_size=5, top_k=50,
+    kw = {"batch_size": 5, **kw}
+    return ServiceOptions(roots=[str(root)], work_dir=str(work), num_per_class=1, top_k=50,
                           poll_s=0, log=logs.append, **kw)
 
 
@@ -102,13 +103,14 @@ def test_service_resumes_half_done_sampling(tmp_path):
     (row,) = svc.run_once()
     sample_dir = tmp_path / "eval" / "samples" / "run" / "step_00000005"
     first = {p.name: p.read_bytes() for p in sample_dir.glob("*/*.png")}
-    # simulate a crash after the first batch: drop the row and the second batch's images
+    # simulate a crash during the second batch: drop the row and two of its images
     (tmp_path / "eval" / "eval_results.csv").unlink()
     for name in ("000005.png", "000009.png"):
         next(sample_dir.glob(f"*/{name}")).unlink()
     logs.clear()
-    (again,) = EvalService(_opts(run, tmp_path / "eval", logs)).run_once()
-    assert any("resumed, 5 images already on disk" in line for line in logs)
+    # restarted with another batch size: same protocol and folder (per-image seeds), only the 2 missing made
+    (again,) = EvalService(_opts(run, tmp_path / "eval", logs, batch_size=3)).run_once()
+    assert any("resumed, 8 images already on disk" in line for line in logs)
     assert {p.name: p.read_bytes() for p in sample_dir.glob("*/*.png")} == first
     assert again["protocol_hash"] == row["protocol_hash"]
 

@@ -4,76 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from s3_utils import free_port
+from ray_head import RAY, ray_head  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-RAY = str(Path(sys.executable).parent / "ray")
-
-
-def _stop_tree(proc: subprocess.Popen) -> None:
-    """SIGTERM the `ray start --block` process and everything it spawned; SIGKILL what is left after 15 s."""
-    import psutil
-
-    try:
-        procs = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=15)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
-
-
-@pytest.fixture
-def ray_head(tmp_path_factory):
-    temp = tmp_path_factory.mktemp("rayhead")
-    port, dash, client = free_port(), free_port(), free_port()
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    cmd = [RAY, "start", "--head", "--block", "--num-cpus", "2", "--port", str(port), "--temp-dir", str(temp),
-           "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-           "--ray-client-server-port", str(client), "--disable-usage-stats", "--include-dashboard", "true"]
-    log = open(temp / "ray_start.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{dash}"
-    try:
-        deadline = time.time() + 240
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/api/version", timeout=5).close()
-                break
-            except urllib.error.HTTPError:
-                break               # answering (token auth may refuse anonymous calls): it is up
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"ray head did not come up: {(temp / 'ray_start.log').read_text()[-3000:]}")
-            time.sleep(1)
-        yield url
-    finally:
-        _stop_tree(proc)
-        log.close()
 
 
 def test_ray_job_submit_tokenizes_on_the_cluster(ray_head, demo_images, tmp_path):

@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .order import is_val_image, variant_choice
+from .order import is_val_image, variant_choices
 from .shards import MANIFEST_NAME, Manifest, ShardInfo
 
 
@@ -97,7 +97,7 @@ class ShardIndex:
     def chosen_rows(self, seed: int, epoch: int, local: np.ndarray) -> np.ndarray:
         """Row numbers of the variant each requested image (split-local index) uses in this epoch."""
         img = self.images[local]
-        pick = np.array([variant_choice(seed, epoch, self.ids[i], int(self.n_variants[i])) for i in img], dtype=np.int64)
+        pick = variant_choices(seed, epoch, [self.ids[i] for i in img], self.n_variants[img])
         return self.row_order[self.first_row[img] + pick]
 
 

@@ -2,17 +2,22 @@
 
 The global order of an epoch is a pure function of (seed, epoch) (see order.py). Global batch b of
 an epoch is global positions [b*G, (b+1)*G); rank r of W takes the contiguous slice
-[b*G + r*G/W, b*G + (r+1)*G/W). Loader workers take runs of a rank's batches (about one shuffle
-window each, round-robin over workers), tag each batch with its index and the main process puts
-them back in order, so neither the world size nor the number of workers changes what the ranks see
-together. State = (epoch, samples consumed).
+[b*G + r*G/W, b*G + (r+1)*G/W). Loader workers (persistent processes, see _WorkerPool) take runs of
+a rank's batches (about one shuffle window each, round-robin over workers); the main process reads
+batch k from the worker that owns it, so neither the world size nor the number of workers changes
+what the ranks see together. State = (epoch, samples consumed).
 """
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
+import pickle
 import queue
 import threading
+import traceback
 import warnings
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
+import weakref
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -21,43 +26,28 @@ from .io import ShardStore, ShardError, check_shards_present, read_manifest, spl
 from .order import EpochPlan
 
 
-class _BatchStream(torch.utils.data.IterableDataset):
-    """(k, labels, tokens) for this rank's batches k = 0..n_batches-1 of an epoch that fall to this
-    worker; batch 0 starts at global position `start`."""
-
-    def __init__(self, spec: Dict[str, Any], store: Optional[ShardStore] = None):
-        super().__init__()
-        self.spec = spec
-        self.store = store  # only handed in for in-process use; workers open their own files
-
-    def __iter__(self) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
-        s = self.spec
-        info = torch.utils.data.get_worker_info()
-        worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        store = self.store or ShardStore(s["uri"], s["manifest"], s["storage_options"], s["cache_dir"], s["split"],
-                                         s["val_fraction"], s["vocab_size"], s["cache_bytes"],
-                                         verify_sha256=s["verify_sha256"])
-        plan = EpochPlan(s["seed"], s["epoch"], s["counts"], s["window"], s["shuffle"])
-        per_rank = s["global_batch"] // s["world_size"]
-
-        def make(k: int):
-            first = s["start"] + k * s["global_batch"] + s["rank"] * per_rank
-            return (k, *assemble(store, plan, s["counts"], np.arange(first, first + per_rank)))
-
-        # Runs of about one shuffle window of batches go to the same worker, so workers mostly read
-        # disjoint row groups instead of each reading everything.
-        run = max(1, s["window"] // s["global_batch"])
-        mine = (k for k in range(s["n_batches"]) if (k // run) % n_workers == worker)
-        try:
-            yield from _read_ahead(make, mine, s["prefetch"])
-        finally:
-            if store is not self.store:
-                store.close()
+def _open_store(s: Dict[str, Any]) -> ShardStore:
+    return ShardStore(s["uri"], s["manifest"], s["storage_options"], s["cache_dir"], s["split"], s["val_fraction"],
+                      s["vocab_size"], s["cache_bytes"], verify_sha256=s["verify_sha256"])
 
 
-def assemble(store: ShardStore, plan: EpochPlan, counts: Sequence[int],
-             positions: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Global positions -> (labels_B int64, tokens_BL int64) in position order."""
+def _batch_positions(s: Dict[str, Any], start: int, k: int) -> np.ndarray:
+    """Global positions of this rank's slice of the k-th batch of a pass starting at `start`."""
+    per_rank = s["global_batch"] // s["world_size"]
+    first = start + k * s["global_batch"] + s["rank"] * per_rank
+    return np.arange(first, first + per_rank)
+
+
+def _owner(s: Dict[str, Any], k: int, n_workers: int) -> int:
+    # Runs of about one shuffle window of batches go to the same worker: a window's batches all draw
+    # from the same row groups, so workers mostly decode disjoint row groups instead of all of them.
+    run = max(1, s["window"] // s["global_batch"])
+    return (k // run) % n_workers
+
+
+def assemble_np(store: ShardStore, plan: EpochPlan, counts: Sequence[int],
+                positions: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Global positions -> (labels_B int64, tokens_BL uint16) in position order."""
     shards, local = plan.locate(positions)
     labels_B = np.empty(len(positions), dtype=np.int64)
     tokens_BL = np.empty((len(positions), store.seq_len), dtype=np.uint16)
@@ -70,23 +60,17 @@ def assemble(store: ShardStore, plan: EpochPlan, counts: Sequence[int],
                              f"manifest implies {counts[shard]}: every image's variants must sit in one shard")
         rows = index.chosen_rows(plan.seed, plan.epoch, local[sel])
         labels_B[sel], tokens_BL[sel] = store.gather(int(shard), rows)
+    return labels_B, tokens_BL
+
+
+def assemble(store: ShardStore, plan: EpochPlan, counts: Sequence[int],
+             positions: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Global positions -> (labels_B int64, tokens_BL int64) in position order."""
+    return _as_tensors(*assemble_np(store, plan, counts, positions))
+
+
+def _as_tensors(labels_B: np.ndarray, tokens_BL: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(labels_B), torch.from_numpy(tokens_BL.astype(np.int64))
-
-
-def _in_order(tagged: Iterable[Tuple[int, torch.Tensor, torch.Tensor]]) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """Reorder (k, labels, tokens) from the workers into k = 0, 1, 2, ...
-
-    torch hands out worker items round-robin; a worker's run of batches arrives interleaved with the
-    others', so at most (workers - 1) runs wait here."""
-    waiting: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
-    want = 0
-    for k, labels_B, tokens_BL in tagged:
-        waiting[k] = (labels_B, tokens_BL)
-        while want in waiting:
-            yield waiting.pop(want)
-            want += 1
-    if waiting:
-        raise RuntimeError(f"loader workers skipped batch {want}")  # would be a bug in the run assignment
 
 
 def _read_ahead(make: Callable[[int], Any], keys: Iterable[int], depth: int) -> Iterator[Any]:
@@ -127,6 +111,167 @@ def _read_ahead(make: Callable[[int], Any], keys: Iterable[int], depth: int) -> 
         thread.join()
 
 
+# -- persistent worker processes --------------------------------------------------------------------
+_STOP = "stop"
+_POLL_S = 0.5  # how often a blocked worker checks for a newer job and for its parent
+
+
+def _picklable(e: BaseException, worker: int) -> BaseException:
+    """The worker's exception, with its traceback as a note, in a form that survives the queue."""
+    note = f"raised in token loader worker {worker}:\n{''.join(traceback.format_exception(e))}"
+    try:
+        e.add_note(note)
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:  # e.g. an exception class whose __init__ does not take its args back
+        plain = RuntimeError(f"{type(e).__name__}: {e}")
+        plain.add_note(note)
+        return plain
+
+
+class _Orphaned(Exception):
+    pass
+
+
+def _wait_for_job(tasks, parent_pid: int):
+    while not tasks.poll(_POLL_S):
+        if os.getppid() != parent_pid:
+            raise _Orphaned
+    return tasks.recv()
+
+
+def _worker_main(worker: int, n_workers: int, spec: Dict[str, Any], tasks, results, parent_pid: int) -> None:
+    """One worker: a ShardStore (open files, indexes, row-group cache) kept for the process's life.
+
+    Jobs are (generation, epoch, start, n_batches); a newer job pre-empts the current one between
+    batches or while blocked on a full queue, so an abandoned pass costs at most one batch."""
+    results.cancel_join_thread()  # exit must never wait for the parent to drain the queue
+    store: Optional[ShardStore] = None
+    job = None
+    try:
+        while True:
+            job = job or _wait_for_job(tasks, parent_pid)
+            if job == _STOP:
+                return
+            gen, epoch, start, n_batches = job
+            job = None
+            plan = EpochPlan(spec["seed"], epoch, spec["counts"], spec["window"], spec["shuffle"])
+            for k in range(n_batches):
+                if _owner(spec, k, n_workers) != worker:
+                    continue
+                if tasks.poll():
+                    job = tasks.recv()
+                    break
+                try:
+                    store = store or _open_store(spec)
+                    item = ("batch", gen, k, assemble_np(store, plan, spec["counts"], _batch_positions(spec, start, k)))
+                except Exception as e:
+                    item = ("error", gen, k, _picklable(e, worker))
+                while job is None:
+                    try:
+                        results.put(item, timeout=_POLL_S)
+                        break
+                    except queue.Full:
+                        if tasks.poll():
+                            job = tasks.recv()
+                        elif os.getppid() != parent_pid:
+                            raise _Orphaned
+                if job is not None or item[0] == "error":
+                    break  # after an error the parent shuts the pool down; nothing more to build
+    except (_Orphaned, EOFError, KeyboardInterrupt):
+        pass
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _shutdown(procs: List[Any], conns: List[Any], queues: List[Any]) -> None:
+    """Ask each worker to stop, then make sure: no process outlives its loader."""
+    for conn in conns:
+        try:
+            conn.send(_STOP)
+        except (OSError, ValueError):
+            pass  # the worker is already gone
+    for p in procs:
+        p.join(timeout=5)
+        if p.is_alive():
+            p.terminate()
+            p.join(timeout=5)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    for conn in conns:
+        conn.close()
+    for q in queues:
+        q.cancel_join_thread()
+        q.close()
+
+
+class _WorkerPool:
+    """`n` worker processes started once and fed one job per pass, so their caches stay warm across epochs.
+
+    Batch k of a pass comes only from its owner's queue, in order; queues hold up to one run of
+    batches plus `prefetch`, so a worker builds its next run while the main process consumes another's."""
+
+    def __init__(self, n: int, spec: Dict[str, Any], prefetch: int):
+        # fork: workers inherit the imported pyarrow (~1 s each to import otherwise), like torch's DataLoader
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        self.n, self.spec, self.gen = n, spec, 0
+        depth = prefetch + max(1, spec["window"] // spec["global_batch"])
+        self.procs, self.conns, self.queues = [], [], []
+        for worker in range(n):
+            recv, send = ctx.Pipe(duplex=False)
+            results = ctx.Queue(maxsize=depth)
+            p = ctx.Process(target=_worker_main, args=(worker, n, spec, recv, results, os.getpid()),
+                            name=f"token-loader-worker-{worker}", daemon=True)
+            self.procs.append(p)
+            self.conns.append(send)
+            self.queues.append(results)
+            p.start()
+            recv.close()
+        self._finalize = weakref.finalize(self, _shutdown, self.procs, self.conns, self.queues)
+
+    @property
+    def pids(self) -> List[int]:
+        return [p.pid for p in self.procs]
+
+    def submit(self, epoch: int, start: int, n_batches: int) -> int:
+        """Start a pass; returns its generation. Any pass in flight is abandoned."""
+        self.gen += 1
+        for worker, conn in enumerate(self.conns):
+            try:
+                conn.send((self.gen, epoch, start, n_batches))
+            except OSError as e:
+                p = self.procs[worker]
+                raise RuntimeError(f"token loader worker {worker} (pid {p.pid}) is gone (exit code {p.exitcode})") from e
+        return self.gen
+
+    def get(self, gen: int, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        if not self._finalize.alive:
+            raise RuntimeError("the TokenLoader's workers were closed while this pass was in progress")
+        if gen != self.gen:
+            raise RuntimeError("this pass over the TokenLoader was superseded by a newer iter(loader)")
+        owner = _owner(self.spec, k, self.n)
+        while True:
+            try:
+                kind, item_gen, item_k, payload = self.queues[owner].get(timeout=_POLL_S)
+            except queue.Empty:
+                p = self.procs[owner]
+                if not p.is_alive():
+                    raise RuntimeError(f"token loader worker {owner} (pid {p.pid}) died with exit code {p.exitcode}")
+                continue
+            if item_gen != gen:
+                continue  # left over from an abandoned pass
+            if item_k != k:
+                raise RuntimeError(f"token loader worker {owner} sent batch {item_k}, expected {k}")  # a bug
+            if kind == "error":
+                raise payload
+            return payload
+
+    def close(self) -> None:
+        self._finalize()
+
+
 class TokenLoader:
     """Iterates (labels_B int64, tokens_BL int64): this rank's slice of each global batch.
 
@@ -157,7 +302,7 @@ class TokenLoader:
         if num_workers < 0 or shuffle_window < 1 or prefetch < 1:
             raise ValueError(f"need num_workers >= 0, shuffle_window >= 1, prefetch >= 1; got {num_workers}, "
                              f"{shuffle_window}, {prefetch}")
-        import pyarrow.compute  # noqa: F401  imported here so forked workers inherit them (~1 s each otherwise)
+        import pyarrow.compute  # noqa: F401  imported here so forked workers inherit them
         import pyarrow.parquet  # noqa: F401
 
         self.uri = shards_uri.rstrip("/")
@@ -180,6 +325,7 @@ class TokenLoader:
                           shuffle=shuffle, global_batch=global_batch, rank=rank, world_size=world_size,
                           prefetch=prefetch, verify_sha256=verify_sha256)
         self.epoch, self.samples_consumed = 0, 0
+        self._pool: Optional[_WorkerPool] = None  # started by the first pass with num_workers > 0
 
     @classmethod
     def from_config(cls, cfg, rank: int = 0, world_size: int = 1, split: str = "train",
@@ -209,21 +355,57 @@ class TokenLoader:
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         self._roll_over_if_done()
         n_batches = (self.num_samples - self.samples_consumed) // self.global_batch
-        spec = dict(self._spec, epoch=self.epoch, start=self.samples_consumed, n_batches=n_batches)
         if self.num_workers == 0:
-            batches = iter(_BatchStream(spec, self._store))
+            plan = EpochPlan(self.seed, self.epoch, self.counts, self._spec["window"], self._spec["shuffle"])
+            start = self.samples_consumed
+            batches = _read_ahead(lambda k: assemble(self._store, plan, self.counts,
+                                                     _batch_positions(self._spec, start, k)),
+                                  range(n_batches), self.prefetch)
         else:
-            batches = iter(torch.utils.data.DataLoader(_BatchStream(spec), batch_size=None,
-                                                       num_workers=self.num_workers, prefetch_factor=self.prefetch))
+            batches = self._from_workers(n_batches)
         try:
-            for labels_B, tokens_BL in _in_order(batches):
+            for labels_B, tokens_BL in batches:
                 self.samples_consumed += self.global_batch
                 self._roll_over_if_done()
                 yield labels_B, tokens_BL
         finally:
-            close = getattr(batches, "close", None) or getattr(batches, "_shutdown_workers", None)
-            if close is not None:
-                close()
+            batches.close()  # stops the read-ahead thread now, not whenever the generator is collected
+
+    def _from_workers(self, n_batches: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        if self._pool is None:
+            self._pool = _WorkerPool(self.num_workers, self._spec, self.prefetch)
+        pool = self._pool
+        try:
+            gen = pool.submit(self.epoch, self.samples_consumed, n_batches)
+        except RuntimeError:
+            self.close()
+            raise
+        for k in range(n_batches):
+            try:
+                labels_B, tokens_BL = pool.get(gen, k)
+            except Exception:
+                if pool is self._pool and pool.gen == gen:
+                    self.close()  # an error ends the workers; the next pass starts fresh ones
+                raise
+            yield _as_tensors(labels_B, tokens_BL)
+
+    @property
+    def worker_pids(self) -> List[int]:
+        """Process ids of the live worker processes (empty before the first pass and after close())."""
+        return [] if self._pool is None else self._pool.pids
+
+    def close(self) -> None:
+        """Stop the worker processes (also done when the loader is garbage-collected or the interpreter
+        exits). The loader stays usable: a later pass starts new workers."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def __enter__(self) -> "TokenLoader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def state_dict(self) -> Dict[str, int]:
         return {"epoch": self.epoch, "samples_consumed": self.samples_consumed, "seed": self.seed,

@@ -29,8 +29,7 @@ class Protocol:
     top_k: int                      # top-k filter (0 = off)
     top_p: float                    # nucleus filter
     more_smooth: bool               # soft Gumbel sampling (visualisation only; False for FID)
-    seed: int                       # base seed; a batch's seed derives from (seed, its first image index)
-    batch_size: int                 # images per sampler call: part of the protocol because it fixes the seeds
+    seed: int                       # base seed; image i's seed derives from (seed, i) (batch size plays no part)
     resolution: int                 # image side in pixels
     image_format: str = "png"       # samples are lossless PNG (JPEG shifts FID)
     reference_sha256: str = ""      # sha256 of the reference .npz ("" = no reference: FID skipped)

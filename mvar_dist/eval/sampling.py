@@ -1,16 +1,17 @@
 """Class-balanced, deterministic, resumable sampling to a PNG folder, split over ranks.
 
-Image i has label i // num_per_class (class-major, like the reference protocol's 50 per class). Images are made
-in fixed batches [b*B, (b+1)*B); batch b always gets the same labels and the same seed, derived from
-(seed, b*B), whichever rank draws it. So a rerun, a resumption or a different world size reproduces the same
-images (same device and software), and a batch whose PNGs all exist is skipped.
+Image i has label i // num_per_class (class-major, like the reference protocol's 50 per class) and its own seed,
+derived from (seed, i) alone; the sampler draws each image from a generator of its own. So an image does not
+depend on the batch size, the batch it falls in or the rank that draws it: a rerun, a resumption, another world
+size or another batch size reproduces the same PNGs (same device and software). Ranks take batches
+[b*B, (b+1)*B) round robin and sample only the images of a batch whose PNGs are missing.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional, Tuple
 
@@ -20,15 +21,17 @@ import torch
 from .npz import save_png
 
 PLAN_NAME = "plan.json"
-# (labels_B int64, seed) -> (B, H, W, 3) uint8
-SampleFn = Callable[[torch.Tensor, int], np.ndarray]
+# v1: one generator per image, seeded with image_seed(i); recorded in plan.json so folders of another scheme are refused
+SEEDING = "per-image-v1"
+# (labels_B int64, seeds_B int64: one seed per image) -> (B, H, W, 3) uint8
+SampleFn = Callable[[torch.Tensor, torch.Tensor], np.ndarray]
 
 
 @dataclass(frozen=True)
 class SamplePlan:
     num_classes: int
     num_per_class: int
-    batch_size: int
+    batch_size: int     # images per sampler call: how the work is cut, never what an image looks like
     seed: int
 
     def __post_init__(self):
@@ -50,11 +53,15 @@ class SamplePlan:
     def batch_range(self, b: int) -> Tuple[int, int]:
         return b * self.batch_size, min((b + 1) * self.batch_size, self.num_samples)
 
-    def batch_seed(self, b: int) -> int:
-        # a hash rather than seed + b so nearby base seeds do not share batches' streams
-        start = self.batch_range(b)[0]
-        digest = hashlib.sha256(f"mvar-eval:{self.seed}:{start}".encode()).digest()
+    def image_seed(self, i: int) -> int:
+        # a hash rather than seed + i so nearby base seeds do not share images' streams
+        digest = hashlib.sha256(f"mvar-eval:{self.seed}:{i}".encode()).digest()
         return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+    def identity(self) -> Dict[str, object]:
+        """What fixes the images (plan.json): batch_size is left out, it only cuts the work."""
+        return {"num_classes": self.num_classes, "num_per_class": self.num_per_class, "seed": self.seed,
+                "seeding": SEEDING}
 
     def rank_batches(self, rank: int, world_size: int) -> Iterator[int]:
         if not 0 <= rank < world_size:
@@ -76,7 +83,7 @@ def dist_rank_world() -> Tuple[int, int]:
 def _claim_plan(plan: SamplePlan, out_dir: Path) -> None:
     """Record the plan beside the images; refuse to mix images of two plans in one folder."""
     path = out_dir / PLAN_NAME
-    want = asdict(plan)
+    want = plan.identity()
     if path.exists():
         have = json.loads(path.read_text())
         if have != want:
@@ -99,17 +106,18 @@ def generate_samples(sample_fn: SampleFn, plan: SamplePlan, out_dir, rank: Optio
     made = skipped = 0
     for b in plan.rank_batches(rank, world_size):
         start, end = plan.batch_range(b)
-        paths = [out_dir / plan.file_name(i) for i in range(start, end)]
-        if all(p.exists() for p in paths):
-            skipped += len(paths)
+        todo = [i for i in range(start, end) if not (out_dir / plan.file_name(i)).exists()]
+        skipped += end - start - len(todo)
+        if not todo:
             continue
-        labels_B = torch.tensor([plan.label(i) for i in range(start, end)], dtype=torch.long)
-        imgs = np.asarray(sample_fn(labels_B, plan.batch_seed(b)))
-        if imgs.dtype != np.uint8 or imgs.shape[0] != len(paths) or imgs.ndim != 4 or imgs.shape[-1] != 3:
-            raise ValueError(f"sample_fn returned {imgs.dtype} {imgs.shape}, expected uint8 ({len(paths)}, H, W, 3)")
-        for img, p in zip(imgs, paths):
-            save_png(img, p)
-        made += len(paths)
+        labels_B = torch.tensor([plan.label(i) for i in todo], dtype=torch.long)
+        seeds_B = torch.tensor([plan.image_seed(i) for i in todo], dtype=torch.long)
+        imgs = np.asarray(sample_fn(labels_B, seeds_B))
+        if imgs.dtype != np.uint8 or imgs.shape[0] != len(todo) or imgs.ndim != 4 or imgs.shape[-1] != 3:
+            raise ValueError(f"sample_fn returned {imgs.dtype} {imgs.shape}, expected uint8 ({len(todo)}, H, W, 3)")
+        for img, i in zip(imgs, todo):
+            save_png(img, out_dir / plan.file_name(i))
+        made += len(todo)
         if log:
             log(f"[sample] rank {rank}: batch {b + 1}/{plan.num_batches} ({end} images)")
     return {"made": made, "skipped": skipped}
@@ -127,12 +135,12 @@ def to_uint8(img_B3HW: torch.Tensor) -> np.ndarray:
 
 
 def model_sample_fn(model, vae, cfg: float, top_k: int, top_p: float, more_smooth: bool = False) -> SampleFn:
-    """Adapter from `MVAR.sample(vae, labels, cfg, top_k, top_p, seed, more_smooth)` to a SampleFn."""
+    """Adapter from `MVAR.sample(vae, labels, cfg, top_k, top_p, more_smooth, seeds_B)` to a SampleFn."""
     device = next(model.parameters()).device
 
     @torch.no_grad()
-    def fn(labels_B: torch.Tensor, seed: int) -> np.ndarray:
-        _, img = model.sample(vae, labels_B.to(device), cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
+    def fn(labels_B: torch.Tensor, seeds_B: torch.Tensor) -> np.ndarray:
+        _, img = model.sample(vae, labels_B.to(device), cfg=cfg, top_k=top_k, top_p=top_p, seeds_B=seeds_B,
                               more_smooth=more_smooth)
         return to_uint8(img)
 

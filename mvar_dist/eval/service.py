@@ -37,7 +37,7 @@ class ServiceOptions:
     top_p: float = 0.96
     more_smooth: bool = False
     seed: int = 0
-    batch_size: int = 32
+    batch_size: int = 32                # images per sampler call; not in the protocol (images do not depend on it)
     inception_weights: str = ""         # "" = FID skipped (and said so)
     reference_npz: str = ""
     device: str = "cpu"
@@ -73,7 +73,7 @@ class EvalService:
         o = self.opts
         return Protocol(num_classes=run_cfg.model.num_classes, num_per_class=o.num_per_class, cfg=o.cfg,
                         top_k=o.top_k, top_p=o.top_p, more_smooth=o.more_smooth, seed=o.seed,
-                        batch_size=o.batch_size, resolution=run_cfg.tokenizer.resolution,
+                        resolution=run_cfg.tokenizer.resolution,
                         reference_sha256=self.evaluator.reference_sha256,
                         inception_sha256=self.evaluator.inception_sha256)
 
@@ -103,7 +103,7 @@ class EvalService:
 
     def evaluate(self, ckpt: CheckpointRef, folder: Path, run_cfg, proto: Protocol) -> Dict[str, object]:
         o, t0 = self.opts, time.time()
-        plan = SamplePlan(proto.num_classes, proto.num_per_class, proto.batch_size, proto.seed)
+        plan = SamplePlan(proto.num_classes, proto.num_per_class, o.batch_size, proto.seed)
         out_dir = self.sample_dir(ckpt, proto)
         o.log(f"[eval] {ckpt.id}: sampling {plan.num_samples} images -> {out_dir}")
         sample_fn = self.sampler_factory(folder, o, run_cfg)

@@ -158,12 +158,13 @@ class MVAR(nn.Module):
 
     # ------------------------------------------------------------------------------ sampling
     def sample(self, vae, labels_B, cfg: float = 1.5, top_k: int = 900, top_p: float = 0.96, seed: Optional[int] = 0,
-               more_smooth: bool = False, incremental: bool = True):
-        """-> (ids: list of (B, pn²) int64, img (B, 3, H, W) in [0, 1]). See `sampler.sample`."""
+               more_smooth: bool = False, incremental: bool = True, seeds_B=None):
+        """-> (ids: list of (B, pn²) int64, img (B, 3, H, W) in [0, 1]). seeds_B: optional per-image seeds
+        (one generator per row, so an image does not depend on its batch). See `sampler.sample`."""
         from .sampler import sample
 
         return sample(self, vae, labels_B, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
-                      more_smooth=more_smooth, incremental=incremental)
+                      more_smooth=more_smooth, incremental=incremental, seeds_B=seeds_B)
 
     # ------------------------------------------------------------------------------ training helpers
     def no_weight_decay_names(self) -> List[str]:

@@ -8,6 +8,10 @@ official M-VAR code does; it is the reference the incremental path must reproduc
 
 Per scale: CFG ramp t = cfg * si / (S-1), logits = (1+t) cond - t uncond, then top-k, top-p and one
 multinomial draw from a seeded generator (official order, so greedy settings give the argmax).
+
+Seeding: `seed` seeds one generator for the whole call (the draws of a row then depend on the batch around
+it). `seeds_B` gives every row its own generator, which alone feeds that row's multinomial draws (and Gumbel
+noise), so an image depends on its label and seed only, not on the batch size or its position in the batch.
 """
 from __future__ import annotations
 
@@ -15,6 +19,9 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
+
+# one generator for the call, one per row, or None (the global default generator)
+Rng = Union[None, torch.Generator, List[torch.Generator]]
 
 
 def top_k_top_p_filter_(logits_BlV: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -32,16 +39,37 @@ def top_k_top_p_filter_(logits_BlV: torch.Tensor, top_k: int, top_p: float) -> t
     return logits_BlV
 
 
-def sample_ids(logits_BlV: torch.Tensor, top_k: int, top_p: float, rng: Optional[torch.Generator]) -> torch.Tensor:
+def sample_ids(logits_BlV: torch.Tensor, top_k: int, top_p: float, rng: Rng) -> torch.Tensor:
     """(B, l) int64 ids: filter, then one multinomial draw per token."""
     B, l, V = logits_BlV.shape
-    probs = top_k_top_p_filter_(logits_BlV, top_k, top_p).softmax(dim=-1).view(-1, V)
-    return torch.multinomial(probs, num_samples=1, replacement=True, generator=rng).view(B, l)
+    probs_BlV = top_k_top_p_filter_(logits_BlV, top_k, top_p).softmax(dim=-1)
+    if isinstance(rng, list):
+        return torch.stack([torch.multinomial(p_lV, num_samples=1, replacement=True, generator=g).view(l)
+                            for p_lV, g in zip(probs_BlV, rng)])
+    return torch.multinomial(probs_BlV.view(-1, V), num_samples=1, replacement=True, generator=rng).view(B, l)
 
 
-def _gumbel_softmax(logits_BlV: torch.Tensor, tau: float, rng: Optional[torch.Generator]) -> torch.Tensor:
-    gumbels = -torch.empty_like(logits_BlV).exponential_(generator=rng).log()
-    return ((logits_BlV + gumbels) / tau).softmax(dim=-1)
+def _gumbel_softmax(logits_BlV: torch.Tensor, tau: float, rng: Rng) -> torch.Tensor:
+    if isinstance(rng, list):
+        exp_BlV = torch.stack([torch.empty_like(x_lV).exponential_(generator=g) for x_lV, g in zip(logits_BlV, rng)])
+    else:
+        exp_BlV = torch.empty_like(logits_BlV).exponential_(generator=rng)
+    gumbels_BlV = -exp_BlV.log()
+    return ((logits_BlV + gumbels_BlV) / tau).softmax(dim=-1)
+
+
+def _generators(seed: Optional[int], seeds_B, B: int, device) -> Rng:
+    """seeds_B (B per-row seeds) wins over seed; neither = the global default generator."""
+    if seeds_B is None:
+        if seed is None:
+            return None
+        return torch.Generator(device=device).manual_seed(int(seed))
+    seeds = torch.as_tensor(seeds_B).reshape(-1)
+    if seeds.is_floating_point() or seeds.is_complex() or seeds.dtype == torch.bool:
+        raise ValueError(f"seeds_B must hold integers, got dtype {seeds.dtype}")
+    if seeds.numel() != B:
+        raise ValueError(f"seeds_B has {seeds.numel()} seeds for {B} labels: give one seed per image")
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds.tolist()]
 
 
 def _labels(labels_B: Union[torch.Tensor, Sequence[int]], num_classes: int, device) -> torch.Tensor:
@@ -65,16 +93,22 @@ def _check_vae(model, vae) -> None:
 
 @torch.no_grad()  # not inference_mode: callers may edit the returned tensors in place
 def sample(model, vae, labels_B, cfg: float = 1.5, top_k: int = 900, top_p: float = 0.96,
-           seed: Optional[int] = 0, more_smooth: bool = False, incremental: bool = True):
-    """-> (ids: list of (B, pn²) int64 per scale, img (B, 3, H, W) float32 in [0, 1])."""
+           seed: Optional[int] = 0, more_smooth: bool = False, incremental: bool = True, seeds_B=None):
+    """-> (ids: list of (B, pn²) int64 per scale, img (B, 3, H, W) float32 in [0, 1]).
+    seeds_B: optional per-image seeds (B ints); when given, `seed` is unused and row b draws only from a
+    generator seeded with seeds_B[b]."""
     _check_vae(model, vae)
     device = model.pos_start.device
     labels = _labels(labels_B, model.num_classes, device)
     B, pns, S = labels.shape[0], model.patch_nums, len(model.patch_nums)
-    rng = None
-    if seed is not None:
-        rng = torch.Generator(device=device)
-        rng.manual_seed(int(seed))
+    rng = _generators(seed, seeds_B, B, device)
+    if isinstance(rng, list) and B == 1:
+        # A lone row runs on other conv/matmul kernels than a batch does (measured on CPU: pixels 1.5e-5 apart),
+        # so it is sampled as one of two twins: with per-image seeds, B=1 then gives the pixels of any batch.
+        twin_ids, twin_img = sample(model, vae, labels.repeat(2), cfg=cfg, top_k=top_k, top_p=top_p,
+                                    more_smooth=more_smooth, incremental=incremental,
+                                    seeds_B=torch.as_tensor(seeds_B).reshape(-1).repeat(2))
+        return [t[:1] for t in twin_ids], twin_img[:1]
     was_training = model.training
     model.eval()
     try:
@@ -107,7 +141,12 @@ def sample(model, vae, labels_B, cfg: float = 1.5, top_k: int = 900, top_p: floa
             ids.append(idx_Bl)
             if more_smooth:  # soft Gumbel codes, for pictures only (official visualisation mode)
                 tau = max(0.27 * (1 - 0.95 * ratio), 0.005)
-                h_BlC = _gumbel_softmax(logits_BlV.mul(1 + ratio), tau, rng) @ codebook_VC.to(logits_BlV.dtype)
+                soft_BlV = _gumbel_softmax(logits_BlV.mul(1 + ratio), tau, rng)
+                cb_VC = codebook_VC.to(logits_BlV.dtype)
+                if isinstance(rng, list):  # row by row: a (B*l)-row GEMM picks B-dependent kernels
+                    h_BlC = torch.stack([soft_lV @ cb_VC for soft_lV in soft_BlV])
+                else:
+                    h_BlC = soft_BlV @ cb_VC
             else:
                 h_BlC = codebook_VC[idx_Bl]
             h_BChw = h_BlC.transpose(1, 2).reshape(B, model.z_channels, pn, pn)

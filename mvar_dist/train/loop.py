@@ -294,6 +294,9 @@ def _run(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: in
     finally:
         stop.restore()
         metrics.close()
+        loader.close()  # stops loader worker processes promptly
+        if val_loader is not None:
+            val_loader.close()
 
 
 @torch.no_grad()
