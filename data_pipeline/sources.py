@@ -17,6 +17,8 @@ import tarfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+from mvar_dist.fsio import is_local, open_fs as _open_fs
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
@@ -38,24 +40,12 @@ class Listing:
 
 
 def open_fs(uri: str, s3_endpoint: Optional[str] = None):
-    """(filesystem, path) for a local path or URL. Credentials come from the standard AWS chain only;
-    the endpoint from `s3_endpoint`, else AWS_ENDPOINT_URL / the AWS config (botocore reads both)."""
-    import fsspec.core
-
-    opts: Dict[str, object] = {}
-    if uri.startswith("s3://") and s3_endpoint:
-        opts["endpoint_url"] = s3_endpoint
-    fs, path = fsspec.core.url_to_fs(uri, **opts)
-    return fs, path
+    """(filesystem, path); the endpoint is `s3_endpoint`, else left to botocore (AWS_ENDPOINT_URL / AWS config)."""
+    return _open_fs(uri, endpoint_url=s3_endpoint, env_endpoint=False)
 
 
 def full_uri(fs, path: str) -> str:
-    return fs.unstrip_protocol(path) if not _is_local(fs) else path
-
-
-def _is_local(fs) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
+    return fs.unstrip_protocol(path) if not is_local(fs) else path
 
 
 def _is_image(name: str) -> bool:
@@ -65,7 +55,6 @@ def _is_image(name: str) -> bool:
 def list_inputs(root: str, s3_endpoint: Optional[str] = None) -> Listing:
     """List every image under `root` (ImageFolder or tar shards); raises ValueError when empty/missing."""
     fs, base = open_fs(root, s3_endpoint)
-    base = base.rstrip("/")
     if not fs.isdir(base):
         raise ValueError(f"input {root!r} is not a directory or prefix (or is not readable)")
     if fs.isdir(posixpath.join(base, "train")):

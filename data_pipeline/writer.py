@@ -19,7 +19,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from mvar_dist.data.shards import MANIFEST_NAME, Manifest, ShardInfo, sha256_bytes, shard_schema, write_bytes_atomic
+from mvar_dist.data.shards import MANIFEST_NAME, Manifest, ShardInfo, shard_schema
+from mvar_dist.fsio import is_local, sha256_bytes, write_bytes_atomic
 
 from .sources import open_fs
 
@@ -64,9 +65,7 @@ class Destination:
     def __init__(self, uri: str, s3_endpoint: Optional[str] = None):
         self.uri = uri.rstrip("/")
         self.fs, self.root = open_fs(self.uri, s3_endpoint)
-        self.root = self.root.rstrip("/")
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        self.local = protocol in ("file", "local")
+        self.local = is_local(self.fs)
 
     def path(self, name: str) -> str:
         return posixpath.join(self.root, name)

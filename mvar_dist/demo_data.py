@@ -19,6 +19,8 @@ from typing import List
 import numpy as np
 from PIL import Image
 
+from mvar_dist.fsio import atomic_path
+
 CLASS_NAMES: List[str] = ["disc", "square", "triangle", "hstripes", "vstripes",
                           "checker", "rings", "gradient", "dots", "cross"]
 NUM_CLASSES = len(CLASS_NAMES)
@@ -84,12 +86,11 @@ def write_dataset(root: os.PathLike, images_per_class: int = 20, size: int = 256
             path = d / f"{i:05d}.{fmt}"
             if path.exists():
                 continue
-            tmp = d / f".{i:05d}.{fmt}.tmp"
             # The split takes part in the seed so train/val images differ.
             split_seed = seed * 1000 + (0 if split == "train" else 1)
-            Image.fromarray(make_image(cls, i, size, split_seed)).save(tmp, format="PNG" if fmt == "png" else "JPEG",
-                                                                        **({"quality": 95} if fmt == "jpg" else {}))
-            os.replace(tmp, path)  # atomic: a partial file never carries the final name
+            with atomic_path(path) as tmp:  # a partial file never carries the final name
+                Image.fromarray(make_image(cls, i, size, split_seed)).save(tmp, format="PNG" if fmt == "png" else "JPEG",
+                                                                            **({"quality": 95} if fmt == "jpg" else {}))
     return out
 
 

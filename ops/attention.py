@@ -141,7 +141,9 @@ def _flash_varlen(q, k, v, pns, kind, scale):
     return o.view(B, L, H, D).transpose(1, 2)
 
 
+@functools.lru_cache(maxsize=None)
 def _has(mod: str) -> bool:
+    # cached: `select_path` runs on every forward, and a failing import searches sys.path each time
     try:
         __import__(mod)
         return True
@@ -149,13 +151,8 @@ def _has(mod: str) -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=8)
 def _flex_available() -> bool:
-    try:
-        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
-        return True
-    except ImportError:
-        return False
+    return _has("torch.nn.attention.flex_attention")
 
 
 _FORCED: Optional[str] = None
@@ -183,8 +180,7 @@ def select_path(device, dtype, kind: str) -> str:
     return "sdpa-mask"
 
 
-_PATHS = {"sdpa-mask": _sdpa_mask, "flex": _flex, "flash-varlen": _flash_varlen,
-          "reference": lambda q, k, v, pns, kind, scale: attention_reference(q, k, v, pns, kind, scale)}
+_PATHS = {"sdpa-mask": _sdpa_mask, "flex": _flex, "flash-varlen": _flash_varlen, "reference": attention_reference}
 
 
 def scale_attention(q_BHLD: torch.Tensor, k_BHLD: torch.Tensor, v_BHLD: torch.Tensor,

@@ -11,6 +11,7 @@ is float64) whatever the input dtype; y takes x's dtype.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -140,6 +141,8 @@ def ssd_chunked(x_BLHP, dt_BLH, A_H, B_BLN, C_BLN, D_H=None, initial_states=None
     return (y, final_BHPN) if return_final_states else y
 
 
+# Cached: `select_impl` runs on every scan, and a failing import re-searches sys.path each time.
+@functools.lru_cache(maxsize=1)
 def _mamba_fn():
     try:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
@@ -148,6 +151,7 @@ def _mamba_fn():
     return mamba_chunk_scan_combined
 
 
+@functools.lru_cache(maxsize=1)
 def _triton_available() -> bool:
     try:
         from mvar_dist.ops import triton_ssd

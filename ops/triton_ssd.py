@@ -37,17 +37,19 @@ def _interpreting() -> bool:
 if triton is not None:
 
     @triton.jit
+    def _program_coords(H, P, BLOCK_P: tl.constexpr):
+        """The (chunk, batch*head, tile) grid of _chunk_state/_chunk_scan: returns (chunk c, flat bh,
+        tile id, batch bi, head h, number of P blocks)."""
+        bh = tl.program_id(1)
+        return tl.program_id(0), bh, tl.program_id(2), bh // H, bh % H, tl.cdiv(P, BLOCK_P)
+
+    @triton.jit
     def _chunk_state(x_ptr, b_ptr, dt_ptr, acs_ptr, st_ptr,
                      L, H, P, N, NC, Q, LP,
                      sx_b, sx_l, sx_h, sx_p, sb_b, sb_l, sb_n,
                      BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr,
                      DOT_DTYPE: tl.constexpr, PREC: tl.constexpr):
-        c = tl.program_id(0)
-        bh = tl.program_id(1)
-        pid = tl.program_id(2)
-        bi = bh // H
-        h = bh % H
-        n_pb = tl.cdiv(P, BLOCK_P)
+        c, bh, pid, bi, h, n_pb = _program_coords(H, P, BLOCK_P)
         offs_p = (pid % n_pb) * BLOCK_P + tl.arange(0, BLOCK_P)
         offs_n = (pid // n_pb) * BLOCK_N + tl.arange(0, BLOCK_N)
         t0 = c * Q
@@ -96,12 +98,7 @@ if triton is not None:
                     HAS_D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
                     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
                     DOT_DTYPE: tl.constexpr, PREC: tl.constexpr, STATE_PREC: tl.constexpr):
-        c = tl.program_id(0)
-        bh = tl.program_id(1)
-        pid = tl.program_id(2)
-        bi = bh // H
-        h = bh % H
-        n_pb = tl.cdiv(P, BLOCK_P)
+        c, bh, pid, bi, h, n_pb = _program_coords(H, P, BLOCK_P)
         qb = pid // n_pb
         offs_p = (pid % n_pb) * BLOCK_P + tl.arange(0, BLOCK_P)
         offs_n = tl.arange(0, BLOCK_N)

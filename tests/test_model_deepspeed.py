@@ -2,12 +2,12 @@
 activation checkpointing. This file is also the worker that torchrun starts (see `_worker`)."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from s3_utils import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 3
@@ -66,19 +66,13 @@ def _worker(out_path: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_zero3_two_ranks_checkpointing_same_losses(tmp_path):
     out = tmp_path / "result.json"
     env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(REPO / ".torch_extensions"), OMP_NUM_THREADS="1",
                PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(Path(__file__).resolve()), str(out)]
+           "--master_port", str(free_port()), str(Path(__file__).resolve()), str(out)]
     proc = subprocess.run(cmd, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=480)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())

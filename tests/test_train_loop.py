@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from s3_utils import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "launchers" / "train.py"
@@ -30,17 +30,11 @@ COMMON = ["--config", "mvar_tiny", f"optim.max_steps={MAX_STEPS}", "optim.tblr=0
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cmd(nproc: int, args) -> list:
     if nproc == 1:
         return [sys.executable, str(LAUNCHER), *args]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(LAUNCHER), *args]
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(LAUNCHER), *args]
 
 
 def _env(extra=None) -> dict:

@@ -15,6 +15,8 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Union
 
 import yaml
 
+from mvar_dist.fsio import write_text_atomic
+
 from .errors import ConfigError
 from .schema import RunConfig
 
@@ -158,10 +160,7 @@ def save_config(cfg: RunConfig, folder: PathLike, filename: str = "config.yaml")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / filename
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return path
 
 

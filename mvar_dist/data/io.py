@@ -6,12 +6,14 @@ read as garbage tokens or silently shorten an epoch.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import OrderedDict
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
+
+from mvar_dist.fsio import open_fs as resolve_fs  # noqa: F401  (re-exported: the loader's name for it)
+from mvar_dist.fsio import is_local, sha256_file
 
 from .order import is_val_image, variant_choices
 from .shards import MANIFEST_NAME, Manifest, ShardInfo
@@ -21,23 +23,8 @@ class ShardError(RuntimeError):
     """A token shard is missing, corrupt or inconsistent with its manifest; the message names it."""
 
 
-def resolve_fs(uri: str, storage_options: Optional[Dict[str, Any]] = None):
-    """(fsspec filesystem, root path without trailing slash) for a local dir or s3:// prefix.
-
-    For s3:// the endpoint comes from storage_options["endpoint_url"] or $AWS_ENDPOINT_URL;
-    credentials come from the standard AWS chain (never logged)."""
-    import fsspec
-
-    opts = dict(storage_options or {})
-    if uri.startswith("s3://") and "endpoint_url" not in opts and os.environ.get("AWS_ENDPOINT_URL"):
-        opts["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
-    fs, root = fsspec.core.url_to_fs(uri, **opts)
-    return fs, root.rstrip("/")
-
-
 def is_remote(fs) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol not in ("file", "local")
+    return not is_local(fs)
 
 
 def read_manifest(uri: str, storage_options: Optional[Dict[str, Any]] = None) -> Manifest:
@@ -58,13 +45,6 @@ def check_shards_present(fs, root: str, manifest: Manifest, uri: str) -> None:
         if sizes[info.name] is not None and int(sizes[info.name]) != info.bytes:
             raise ShardError(f"token shard {info.name} in {uri} has {sizes[info.name]} bytes, the manifest "
                              f"records {info.bytes}: truncated or replaced")
-
-
-def _sha256_file(f) -> str:
-    digest = hashlib.sha256()
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ShardIndex:
@@ -139,7 +119,7 @@ class ShardStore:
         try:
             self.fs.get_file(f"{self.root}/{info.name}", tmp)
             with open(tmp, "rb") as f:
-                digest = _sha256_file(f)
+                digest = sha256_file(f)
             if digest != info.sha256:
                 raise ShardError(f"token shard {info.name} from {self.uri} fails its manifest sha256 check: corrupt")
             os.replace(tmp, local)  # atomic: concurrent workers/ranks never see a partial copy
@@ -171,7 +151,7 @@ class ShardStore:
                                      f"{info.bytes}: truncated or replaced")
                 if self.verify_sha256 and not is_remote(self.fs) and shard not in self._verified:
                     with self.fs.open(path, "rb") as f:
-                        if _sha256_file(f) != info.sha256:
+                        if sha256_file(f) != info.sha256:
                             raise ShardError(f"token shard {self._where(info)} fails its manifest sha256 check: corrupt")
                     self._verified.add(shard)
                 # pyarrow asks for whole column chunks; fsspec's own read-ahead would only add requests

@@ -11,11 +11,12 @@ presence marks a complete dataset. One row = one training example:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+# part of the shard contract's public names; the implementations live in mvar_dist.fsio
+from mvar_dist.fsio import sha256_bytes, write_bytes_atomic  # noqa: F401
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -90,10 +91,6 @@ class Manifest:
                              f"the run's tokenizer is {tokenizer_hash[:12]}...")
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def split_tokens(tokens_BL, patch_nums: Sequence[int]) -> List[Any]:
     """(B, L) concatenated ids -> list of (B, pn*pn) per scale (works for numpy arrays and torch tensors)."""
     out, start = [], 0
@@ -112,16 +109,3 @@ def scale_offsets(patch_nums: Sequence[int]) -> List[Tuple[int, int]]:
         out.append((start, start + pn * pn))
         start += pn * pn
     return out
-
-
-def write_bytes_atomic(fs, path: str, data: bytes) -> None:
-    """Write via a temp name + rename on local disks; a single PUT (already atomic) on object stores."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
-        tmp = f"{path}.tmp{os.getpid()}"
-        with fs.open(tmp, "wb") as f:
-            f.write(data)
-        fs.mv(tmp, path)
-    else:
-        with fs.open(path, "wb") as f:
-            f.write(data)

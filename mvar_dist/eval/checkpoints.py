@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
+from mvar_dist.fsio import is_local, open_fs
+
 MARKER = "COMPLETE"
 STAGED_FILES = ("model.safetensors", "config.yaml", "meta.json")
 _STEP_RE = re.compile(r"step_(\d{8})$")
@@ -41,23 +43,11 @@ class CheckpointRef:
         return parent.rsplit("/", 1)[0] if parent.endswith("/checkpoints") else parent
 
 
-def _fs(root: str):
-    """(filesystem, path); s3:// takes its endpoint from $AWS_ENDPOINT_URL like the data loader, and its
-    credentials from the standard AWS chain (never logged)."""
-    import fsspec
-
-    opts = {}
-    if root.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL"):
-        opts["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
-    return fsspec.core.url_to_fs(root, **opts)
-
-
 def find_checkpoints(root: str) -> List[CheckpointRef]:
     """Complete step folders under `root`, ordered by (run, step)."""
-    fs, base = _fs(root)
+    fs, base = open_fs(root)  # s3:// endpoint from $AWS_ENDPOINT_URL, like the data loader
     fs.invalidate_cache()  # s3fs caches listings per instance: a watcher must see new markers
-    base = base.rstrip("/")
-    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    local = is_local(fs)
     found = {}
     for pattern in (f"{base}/step_*/{MARKER}", f"{base}/checkpoints/step_*/{MARKER}",
                     f"{base}/*/checkpoints/step_*/{MARKER}"):
@@ -80,12 +70,12 @@ def stage(ckpt: CheckpointRef, cache_dir) -> Path:
     dst = Path(cache_dir) / ckpt.id
     if all((dst / f).exists() for f in STAGED_FILES):
         return dst
-    fs, base = _fs(ckpt.uri)
+    fs, base = open_fs(ckpt.uri)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name in STAGED_FILES:
-        fs.get(f"{base.rstrip('/')}/{name}", str(tmp / name))
+        fs.get(f"{base}/{name}", str(tmp / name))
     shutil.rmtree(dst, ignore_errors=True)
     os.replace(tmp, dst)
     return dst

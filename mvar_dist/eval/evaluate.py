@@ -5,11 +5,12 @@ computed and the result says why and how to enable it: a number from random weig
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
+
+from mvar_dist.fsio import atomic_path
 
 from .inception import STANDARD_FILE, STANDARD_URL, FIDInceptionV3, build_inception
 from .metrics import frechet_distance, gaussian_stats, inception_score, precision_recall
@@ -63,10 +64,8 @@ class Evaluator:
                 return np.load(cache)
         feats = extract_features(self.net, iter_batches(ref.images(), self.batch_size), self.device)["pool"]
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.npy")
-            np.save(tmp, feats)
-            os.replace(tmp, cache)
+            with atomic_path(cache, mkdir=True, keep_suffix=True) as tmp:  # np.save appends .npy otherwise
+                np.save(tmp, feats)
         return feats
 
     def evaluate(self, sample_dir) -> Dict[str, object]:

@@ -7,7 +7,6 @@ in three places that the TF graph has: average pools exclude padding, and the la
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Dict, Optional
@@ -15,6 +14,8 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from mvar_dist.fsio import sha256_file
 
 STANDARD_FILE = "pt_inception-2015-12-05-6726825d.pth"
 STANDARD_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + STANDARD_FILE
@@ -217,14 +218,6 @@ class FIDInceptionV3(nn.Module):
         return {"pool": pool_BD, "logits": self.fc(pool_BD), "spatial": spatial}
 
 
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_weights(path, map_location="cpu"):
     """(state_dict, sha256) of a weights file; checks the hash prefix that torch-hub style names carry."""
     p = Path(path)
@@ -232,7 +225,7 @@ def read_weights(path, map_location="cpu"):
         raise InceptionWeightsError(
             f"Inception weights file not found: {p}. Get {STANDARD_FILE} from {STANDARD_URL} "
             "(or `launchers/eval_service.py --fetch-inception DIR`) and pass its path.")
-    digest = file_sha256(p)
+    digest = sha256_file(p)
     m = re.search(r"-([0-9a-f]{8,})\.pth$", p.name)
     if m and not digest.startswith(m.group(1)):
         raise InceptionWeightsError(

@@ -15,7 +15,9 @@ from typing import Dict, Iterable, Optional
 import numpy as np
 import torch
 
-from .inception import FEATURE_DIM, SPATIAL_CHANNELS, FIDInceptionV3, file_sha256
+from mvar_dist.fsio import sha256_file
+
+from .inception import FEATURE_DIM, SPATIAL_CHANNELS, FIDInceptionV3
 from .metrics import gaussian_stats
 
 SPATIAL_DIM = SPATIAL_CHANNELS * 17 * 17
@@ -69,7 +71,7 @@ def load_reference(path) -> Reference:
         if {"mu_s", "sigma_s"} <= files:
             mu_s, sigma_s = _check_stats(p, data, "mu_s", "sigma_s", SPATIAL_DIM)
         has_images = "arr_0" in files
-    return Reference(str(p), file_sha256(p), mu, sigma, mu_s, sigma_s, has_images)
+    return Reference(str(p), sha256_file(p), mu, sigma, mu_s, sigma_s, has_images)
 
 
 @torch.no_grad()

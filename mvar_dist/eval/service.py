@@ -18,7 +18,7 @@ import numpy as np
 
 from .checkpoints import CheckpointRef, find_checkpoints, load_run_config, sampler_for, stage
 from .evaluate import Evaluator
-from .inception import file_sha256
+from mvar_dist.fsio import sha256_file
 from .npz import pack_folder
 from .results import Protocol, ResultsTable
 from .sampling import SamplePlan, SampleFn, generate_samples
@@ -116,7 +116,7 @@ class EvalService:
         weights = folder / "model.safetensors"
         row = {"checkpoint_id": ckpt.id, "protocol_hash": proto.hash(), "run": ckpt.run, "step": ckpt.step,
                **metrics, **proto.row_fields(),
-               "model_sha256": file_sha256(weights) if weights.is_file() else "",
+               "model_sha256": sha256_file(weights) if weights.is_file() else "",
                "sample_dir": str(out_dir), "wall_s": round(time.time() - t0, 3),
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         self.table.upsert(row)

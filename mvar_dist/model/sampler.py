@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import List, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 
 # one generator for the call, one per row, or None (the global default generator)
 Rng = Union[None, torch.Generator, List[torch.Generator]]

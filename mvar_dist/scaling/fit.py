@@ -14,12 +14,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+
+from mvar_dist.fsio import write_json_atomic
 
 
 def data_hash(*columns: Sequence[float], extra: Any = None) -> str:
@@ -259,7 +260,5 @@ def save_fits(fits: Dict[str, Any], path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in fits.items()}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, payload, indent=2)
     return path

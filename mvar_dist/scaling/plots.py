@@ -5,11 +5,12 @@ bootstrap bands. A figure whose data is missing (no FID yet) still gets written,
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+
+from mvar_dist.fsio import atomic_path
 
 COLORS = {"var": "tab:blue", "mvar": "tab:red"}
 LABELS = {"var": "VAR", "mvar": "M-VAR"}
@@ -28,9 +29,8 @@ def _save(fig, out_dir: Path, name: str) -> List[Path]:
     out = []
     for ext in ("png", "pdf"):
         path = out_dir / f"{name}.{ext}"
-        tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.{ext}")
-        fig.savefig(tmp, dpi=150, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path, keep_suffix=True) as tmp:  # savefig picks the format from the suffix
+            fig.savefig(tmp, dpi=150, bbox_inches="tight")
         out.append(path)
     _plt().close(fig)
     return out

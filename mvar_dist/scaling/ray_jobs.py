@@ -24,7 +24,9 @@ import uuid
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
-from .runner import REPO, SPEC_NAME, RunReport, _write_json_atomic, is_complete, run_status, train_argv
+from mvar_dist.fsio import write_json_atomic
+
+from .runner import REPO, SPEC_NAME, RunReport, is_complete, run_status, train_argv
 from .sweep import Sweep, validate_runs
 
 ACTIVE = ("PENDING", "RUNNING")
@@ -73,7 +75,7 @@ class RayRunner:
                 self.log(f"[sweep] {spec.run_id}: job {active[spec.run_id]} already active")
                 report.submitted[spec.run_id] = active[spec.run_id]
                 continue
-            _write_json_atomic(Path(spec.run_dir) / SPEC_NAME, spec.to_dict())
+            write_json_atomic(Path(spec.run_dir) / SPEC_NAME, spec.to_dict(), mkdir=True)
             argv = train_argv(self.sweep, spec, python="python", command=self.train_command)
             argv = [a.replace(str(REPO) + "/", "") for a in argv]  # {repo} paths are relative in the job
             sid = self.client.submit_job(entrypoint=shlex.join(argv), runtime_env=self.runtime_env,

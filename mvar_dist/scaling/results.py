@@ -10,10 +10,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional
+
+from mvar_dist.fsio import write_text_atomic
 
 from .params import count_params, flops_per_image
 
@@ -170,9 +171,7 @@ def write_table(sweep, path: Optional[Path] = None) -> Path:
     """Rebuild `<out_root>/results.csv` from the runs' outputs (atomic replace)."""
     path = Path(path or Path(sweep.out_root) / TABLE_NAME)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(table_csv(build_table(sweep)))
-    os.replace(tmp, path)
+    write_text_atomic(path, table_csv(build_table(sweep)))
     return path
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+from mvar_dist.fsio import write_json_atomic
+
 from .sweep import RunSpec, Sweep, planned_steps, validate_runs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,13 +33,6 @@ def is_complete(run_dir) -> bool:
 def stored_fingerprint(run_dir) -> Optional[str]:
     p = Path(run_dir) / SPEC_NAME
     return json.loads(p.read_text()).get("fingerprint") if p.is_file() else None
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def _fill(argv: Sequence[str], values: Dict[str, str]) -> List[str]:
@@ -177,7 +172,7 @@ class LocalRunner:
         if not run_dir.is_absolute() and self.cwd.resolve() != Path.cwd().resolve():
             raise ValueError(f"run folder {run_dir} is relative but the runner's cwd {self.cwd} is not the current "
                              f"directory; give the sweep an absolute out_root")
-        _write_json_atomic(run_dir / SPEC_NAME, spec.to_dict())
+        write_json_atomic(run_dir / SPEC_NAME, spec.to_dict(), mkdir=True)
         argv = train_argv(self.sweep, spec, self.python, self.train_command)
         self.log(f"[sweep] {spec.run_id}: training ({'resuming' if run_status(spec) == 'partial' else 'new'}) "
                  f"-> {run_dir / 'train.log'}")

@@ -139,11 +139,7 @@ class MultiScaleVQVAE(nn.Module):
         if isinstance(ids, torch.Tensor):
             if ids.dim() != 2 or ids.shape[1] != self.seq_len:
                 raise ValueError(f"concatenated ids must be (B, {self.seq_len}), got {tuple(ids.shape)}")
-            ids_list, s = [], 0
-            for pn in self.patch_nums:
-                ids_list.append(ids[:, s:s + pn * pn])
-                s += pn * pn
-            ids = ids_list
+            ids = ids.split([pn * pn for pn in self.patch_nums], dim=1)
         ids = list(ids)
         if len(ids) < need:
             raise ValueError(f"expected ids for {need} scales (patch_nums {list(self.patch_nums)}), got {len(ids)}")
@@ -181,7 +177,7 @@ class MultiScaleVQVAE(nn.Module):
         parts: List[List[torch.Tensor]] = []
         for b0 in range(0, B, step):
             f_BCHW = self.encode_latent(img_B3HW[b0:b0 + step])
-            with torch.autocast(device_type=f_BCHW.device.type, enabled=False):
+            with self._fp32():
                 parts.append(self.quantize.f_to_ids(f_BCHW.float()))
         if len(parts) == 1:
             return parts[0]

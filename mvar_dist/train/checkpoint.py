@@ -34,6 +34,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from mvar_dist.fsio import write_text_atomic
+
 MARKER = "COMPLETE"
 DS_DIR = "ds"
 DS_TAG = "state"
@@ -67,15 +69,6 @@ def latest_checkpoint(root: Path) -> Optional[Path]:
 
 def read_meta(folder: Path) -> Dict[str, Any]:
     return json.loads((Path(folder) / "meta.json").read_text())
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def retention_victims(steps: List[int], keep_last: int, keep_every: int) -> List[int]:
@@ -191,8 +184,8 @@ class CheckpointWriter:
         """Rank 0: write the small files, the marker last, rename into place, apply retention."""
         tmp, final = self.tmp_folder(step), self.final_folder(step)
         for name, text in files.items():
-            write_text_atomic(tmp / name, text)
-        write_text_atomic(tmp / MARKER, json.dumps({"step": step}) + "\n")
+            write_text_atomic(tmp / name, text, fsync=True)
+        write_text_atomic(tmp / MARKER, json.dumps({"step": step}) + "\n", fsync=True)
         if final.exists():  # an incomplete leftover with the same name (complete ones are never re-saved)
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -1,11 +1,12 @@
 """Consolidated model-only export (official key names) from a ZeRO-3-partitioned module."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Dict, Optional
 
 import torch
+
+from mvar_dist.fsio import atomic_path
 
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -31,6 +32,5 @@ def gather_official_state_dict(module: torch.nn.Module, rank: int, dtype: str) -
 def save_model_file(sd: Dict[str, torch.Tensor], path: Path, metadata: Dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(sd, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(sd, str(tmp), metadata=metadata)

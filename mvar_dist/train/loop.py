@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from mvar_dist.config import ConfigError, RunConfig
+from mvar_dist.fsio import write_text_atomic
 from . import checkpoint as ck
 from .engine import batch_split, build_engine, engine_dtype, fill_ds_config, init_distributed, oom_message, \
     read_ds_config, repair_after_universal_load, reset_zero3_trace, set_lr_wd
@@ -287,7 +288,7 @@ def _run(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: in
                       "depth": cfg.model.depth, "final": last_rec, "skipped_steps": skipped_total,
                       "wall_time": time.time() - t_start, "world_size": world,
                       "last_checkpoint": str(writer.final_folder(last_saved)) if last_saved >= 0 else None}
-            ck.write_text_atomic(out_dir / "summary.json", json.dumps(result, indent=1))
+            write_text_atomic(out_dir / "summary.json", json.dumps(result, indent=1), fsync=True)
         elif rank == 0:
             result = {"status": "stopped", "steps": step}
         return result

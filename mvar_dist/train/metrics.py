@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Dict, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from mvar_dist.fsio import write_text_atomic
 
 # Dense bf16 peak per device (no sparsity), by substring of torch.cuda.get_device_name().
 _PEAK_BF16 = (("H200", 989e12), ("H100", 989e12), ("GH200", 989e12), ("A100", 312e12), ("L40S", 362e12),
@@ -151,9 +152,7 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
     if not path.is_file():
         return
     kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= last_step]
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(ln + "\n" for ln in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(ln + "\n" for ln in kept))
 
 
 def peak_memory_gb(device: torch.device) -> float:
