@@ -69,6 +69,15 @@ def write_token_shards(uri: str, num_images: int = 60, variants: int = 2, patch_
     return manifest
 
 
+def flip_byte(path: str, where: float = 0.5) -> None:
+    """Corrupt a local shard in place without changing its size: only content checks can catch it."""
+    with open(path, "r+b") as f:
+        data = bytearray(f.read())
+        data[int(len(data) * where)] ^= 0xFF
+        f.seek(0)
+        f.write(bytes(data))
+
+
 def decode(tokens_BL, vocab_size: int = 256) -> List[Tuple[int, int]]:
     """(image index, variant) of each row written by write_token_shards."""
     t = np.asarray(tokens_BL, dtype=np.int64)

@@ -12,7 +12,7 @@ import torch
 
 from mvar_dist.data import ShardError, TokenLoader
 from mvar_dist.data.io import ShardStore
-from shard_factory import FAKE_TOKENIZER_HASH, decode, write_token_shards
+from shard_factory import FAKE_TOKENIZER_HASH, decode, flip_byte, write_token_shards
 
 N_IMAGES, VARIANTS, G = 62, 2, 12  # 62 images: 5 global batches of 12 per epoch, 2 images dropped
 
@@ -201,9 +201,7 @@ def test_truncated_shard_is_named(shards_copy):
 @pytest.mark.parametrize("where", [0.25, 0.5, 0.75])
 def test_corrupt_shard_fails_loudly_naming_it(shards_copy, where):
     path = os.path.join(shards_copy, "shard-00002.parquet")
-    data = bytearray(open(path, "rb").read())
-    data[int(len(data) * where)] ^= 0xFF  # same size: only content checks can catch it
-    open(path, "wb").write(bytes(data))
+    flip_byte(path, where)
     loader = TokenLoader(shards_copy, G)
     with pytest.raises(ShardError, match="shard-00002.parquet.*corrupt"):
         for _ in loader:
@@ -212,9 +210,7 @@ def test_corrupt_shard_fails_loudly_naming_it(shards_copy, where):
 
 def test_corrupt_shard_is_caught_by_page_checksums_alone(shards_copy):
     path = os.path.join(shards_copy, "shard-00002.parquet")
-    data = bytearray(open(path, "rb").read())
-    data[len(data) // 2] ^= 0xFF
-    open(path, "wb").write(bytes(data))
+    flip_byte(path)
     loader = TokenLoader(shards_copy, G, verify_sha256=False)
     with pytest.raises(ShardError, match="shard-00002.parquet.*CRC"):
         for _ in loader:

@@ -9,7 +9,7 @@ import pytest
 from mvar_dist.data import ShardError, TokenLoader
 from mvar_dist.data.io import resolve_fs
 from s3_utils import moto_s3  # noqa: F401  (fixture)
-from shard_factory import write_token_shards
+from shard_factory import flip_byte, write_token_shards
 from test_loader import G, N_IMAGES, global_sequence, shards  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
@@ -43,9 +43,7 @@ def test_corrupt_shard_in_a_worker_is_named(shards, tmp_path):  # noqa: F811
     uri = str(tmp_path / "t")
     shutil.copytree(shards, uri)
     path = os.path.join(uri, "shard-00004.parquet")
-    data = bytearray(open(path, "rb").read())
-    data[len(data) // 3] ^= 0xFF
-    open(path, "wb").write(bytes(data))
+    flip_byte(path, 1 / 3)
     with pytest.raises(ShardError, match="shard-00004.parquet"):
         for _ in TokenLoader(uri, G, num_workers=2):
             pass

@@ -15,6 +15,7 @@ import pytest
 from mvar_dist.data import ShardError, TokenLoader
 from mvar_dist.data.order import variant_choice, variant_choices
 from test_loader import G, shards  # noqa: F401  (fixture)
+from shard_factory import flip_byte
 
 STEPS_PER_EPOCH = 5  # 62 images // 12
 
@@ -106,9 +107,7 @@ def test_a_worker_error_stops_the_workers_and_names_the_shard(shards, tmp_path):
     uri = str(tmp_path / "t")
     shutil.copytree(shards, uri)
     path = os.path.join(uri, "shard-00002.parquet")
-    data = bytearray(open(path, "rb").read())
-    data[len(data) // 3] ^= 0xFF
-    open(path, "wb").write(bytes(data))
+    flip_byte(path, 1 / 3)
     loader = TokenLoader(uri, G, num_workers=2, shuffle_window=12)
     seen = []
     with pytest.raises(ShardError, match="shard-00002.parquet") as err:
