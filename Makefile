@@ -2,21 +2,36 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# CPU build by default (lies on this project's machines); on a GPU box: make TORCH_SPEC="torch" ...
-TORCH_SPEC ?= torch==2.13.0
+# CPU build by default (its wheel lies on this project's machines). On a GPU box pick the CUDA build:
+#   make venv TORCH_SPEC="torch==2.14.1"                       (PyPI's Linux wheel, CUDA 12)
+#   make venv TORCH_SPEC="torch==2.14.1" TORCH_INDEX=https://download.pytorch.org/whl/cu128
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+# Exact versions CI was green with; with another TORCH_SPEC the torch family follows that torch (install_lock.py).
+LOCK        := constraints.txt
+VENV_LOCK   := $(VENV)/constraints.txt
+PIP_VERSION := 26.3
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.torch_extensions/inductor
 
-.PHONY: demo test test-fast venv clean-demo sweep-demo
+.PHONY: demo test test-fast venv lock clean-demo sweep-demo
 
 venv: $(STAMP)
 
-$(STAMP): setup.py
+# torch is installed once, first; the constraints then pin it so no later step replaces it
+# (pytorch-fid -> torchvision would otherwise pull the newest CUDA torch, several GB).
+$(STAMP): setup.py $(LOCK)
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[data,train,eval,dev]"
+	$(PY) -m pip install -q "pip==$(PIP_VERSION)"
+	$(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	$(PY) mvar_dist/install_lock.py $(LOCK) $(VENV_LOCK)
+	$(PY) -m pip install -q -c $(VENV_LOCK) -e ".[data,train,eval,dev]"
 	touch $(STAMP)
+
+# Rewrite constraints.txt from the current (green) .venv.
+lock: $(STAMP)
+	{ sed -n '1,3p' $(LOCK); $(PY) -m pip freeze --exclude-editable; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
 
 # The main job on the embedded default dataset; prints where its outputs are.
 demo: $(STAMP)
@@ -36,5 +51,5 @@ clean-demo:
 # CPU scaling sweep over tiny VAR/M-VAR models: results table, fits, plots under outputs/sweeps/cpu_demo/
 sweep-demo: $(STAMP)
 	$(PY) -m mvar_dist demo-data outputs/demo_data64 --per-class 8 --size 64
-	test -f outputs/sweeps/cpu_demo/shards/manifest.json || $(PY) launchers/tokenize.py --config mvar_tiny --source outputs/demo_data64 --dest outputs/sweeps/cpu_demo/shards
-	$(PY) launchers/scaling_sweep.py run sweeps/cpu_demo
+	test -f outputs/sweeps/cpu_demo/shards/manifest.json || $(PY) launchers/pretokenize.py --config mvar_tiny --source outputs/demo_data64 --dest outputs/sweeps/cpu_demo/shards
+	$(PY) launchers/scaling_sweep.py run cpu_demo

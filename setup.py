@@ -18,10 +18,11 @@ def mapped_packages():
     return pkgs
 
 
-# Lower bounds are the versions this project is tested with (see docs/development.md).
+# Lower bounds are the oldest versions this project supports; constraints.txt pins the exact set CI was
+# green with (see docs/development.md).
 extras = {
     "data": ["ray[data,default]>=2.60.0", "pyarrow>=26.0.1", "s3fs>=2026.9.0", "aiobotocore>=3.10.0"],
-    "train": ["deepspeed>=0.19.8", "tensorboard>=2.21.0"],
+    "train": ["deepspeed>=0.19.8", "tensorboard>=2.21.0", "lpips>=0.1.4"],  # lpips: tokenizer training
     "eval": ["scipy>=1.17.1", "matplotlib>=3.11.2", "tensorboard>=2.21.0", "s3fs>=2026.9.0",
              "threadpoolctl>=3.5"],
     # Optional GPU accelerations; never required (the CPU build uses our own reference ops).

@@ -29,7 +29,7 @@ def bench_sampling(config: str, batch: int, iters: int, device: str):
     cfg = load_config(config)
     model = MVAR.from_config(cfg).to(device).eval()
     vae = MultiScaleVQVAE.from_config(cfg.tokenizer, seed=0).to(device).eval()
-    fn = model_sample_fn(model, vae, cfg=cfg.eval.cfg, top_k=cfg.eval.top_k, top_p=cfg.eval.top_p)
+    fn = model_sample_fn(model, vae, cfg_scale=cfg.eval.cfg_scale, top_k=cfg.eval.top_k, top_p=cfg.eval.top_p)
     labels = torch.arange(batch) % cfg.model.num_classes
     fn(labels, torch.arange(batch))  # warm-up; per-image seeds
     _sync(device)

@@ -25,10 +25,10 @@ PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 
 
 def time_epochs(uri, args, world_size=1, workers=0, **kw):
-    from mvar_dist.data import TokenLoader
+    from mvar_dist.data import LoaderSettings, TokenLoader
 
-    loader = TokenLoader(uri, args.global_batch, rank=0, world_size=world_size, num_workers=workers,
-                         vocab_size=4096, shuffle_window=args.shuffle_window, **kw)
+    loader = TokenLoader(LoaderSettings(uri, args.global_batch, rank=0, world_size=world_size, num_workers=workers,
+                                        vocab_size=4096, shuffle_window=args.shuffle_window, **kw))
     samples, t0 = 0, time.perf_counter()
     for epoch in range(args.epochs):
         if epoch == 1:

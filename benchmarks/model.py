@@ -73,7 +73,7 @@ def bench_train(model: MVAR, args, device, dtype) -> tuple:
 
 def bench_sample(model: MVAR, vae, args, device, dtype, incremental: bool) -> float:
     labels = torch.arange(args.sample_batch, device=device) % 1000
-    kw = dict(cfg=1.5, top_k=900, top_p=0.96, seed=0, incremental=incremental)
+    kw = dict(cfg_scale=1.5, top_k=900, top_p=0.96, seed=0, incremental=incremental)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         model.sample(vae, labels, **kw)  # warm-up
         _sync(device)

@@ -5,7 +5,7 @@
     job       plan, resume, run, manifest                progress periodic progress lines
 """
 from .augment import SCHEME, VariantSpec
-from .job import TokenizeOptions, run_tokenize, tokenize
+from .job import JobHooks, TokenizeOptions, run_tokenize, tokenize
 from .writer import load_rows, verify
 
-__all__ = ["SCHEME", "VariantSpec", "TokenizeOptions", "run_tokenize", "tokenize", "verify", "load_rows"]
+__all__ = ["SCHEME", "VariantSpec", "JobHooks", "TokenizeOptions", "run_tokenize", "tokenize", "verify", "load_rows"]

@@ -1,4 +1,4 @@
-"""`benchmarks/tokenize.py`: end-to-end job throughput, encoder throughput, ImageNet-1k estimates.
+"""`benchmarks/pretokenize.py`: end-to-end job throughput, encoder throughput, ImageNet-1k estimates.
 
 Prints tables; never part of the test pass/fail. The GPU encoder table needs only torch + this repo
 (no Ray), so it runs on a bare GPU box.

@@ -1,4 +1,4 @@
-"""The `launchers/tokenize.py` command line (kept here so the launcher file stays a thin shim)."""
+"""The `launchers/pretokenize.py` command line (kept here so the launcher file stays a thin shim)."""
 from __future__ import annotations
 
 import argparse
@@ -7,15 +7,15 @@ import sys
 
 USAGE = """Pre-tokenise images into multi-scale token shards with a Ray Data job.
 
-Local:   python launchers/tokenize.py --config demo128 --source outputs/demo_data --dest outputs/demo128/shards
-Cluster: ray job submit --address http://HEAD:8265 -- python launchers/tokenize.py --config mvar_d16 \\
+Local:   python launchers/pretokenize.py --config demo128 --source outputs/demo_data --dest outputs/demo128/shards
+Cluster: ray job submit --address http://HEAD:8265 -- python launchers/pretokenize.py --config mvar_d16 \\
              --source s3://bucket/imagenet/train --dest s3://bucket/tokens/d16 --num-actors 8 --num-gpus 1
-Verify:  python launchers/tokenize.py --verify --dest outputs/demo128/shards
+Verify:  python launchers/pretokenize.py --verify --dest outputs/demo128/shards
 Trailing key=value arguments are config overrides (e.g. tokenizer.checkpoint=vae_ch160v4096z32.pth)."""
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(prog="launchers/tokenize.py", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="launchers/pretokenize.py", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="mvar_d16", help="preset name or YAML (tokenizer + data sections are used)")
     p.add_argument("--source", help="ImageFolder dir, dir of .tar shards, or s3:// prefix (default data.image_root)")
     p.add_argument("--dest", help="local dir or s3:// prefix for the shards (default data.shards)")
@@ -47,9 +47,10 @@ def parse(argv):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def main(argv=None, hooks=None) -> int:
+    """hooks: an optional JobHooks for the job (tests/pretokenize_killed_after.py)."""
     a = parse(argv)
-    from mvar_dist.data_pipeline import TokenizeOptions, VariantSpec, tokenize, verify
+    from mvar_dist.data_pipeline import JobHooks, TokenizeOptions, VariantSpec, tokenize, verify
 
     if a.verify:
         from mvar_dist.config import load_config
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
         ray.init(address="local", num_cpus=a.num_cpus or os.cpu_count(), include_dashboard=False,
                  _temp_dir=a.ray_temp_dir, log_to_driver=False)
     try:
-        tokenize(cfg.tokenizer, opts, log=lambda s: print(s, flush=True))
+        tokenize(cfg.tokenizer, opts, log=lambda s: print(s, flush=True), hooks=hooks or JobHooks())
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -9,11 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -23,10 +22,6 @@ from .augment import VariantSpec
 from .progress import Progress
 from .sources import Listing, list_inputs
 from .writer import PROGRESS_DIR, REJECTS_NAME, Destination, finalize, record_from, shard_bytes, shard_name
-
-# Test hook: exit abruptly after this many shards, leaving a half-written temp file behind.
-_EXIT_AFTER_ENV = "MVAR_TOKENIZE_TEST_EXIT_AFTER_SHARDS"
-
 
 @dataclass
 class TokenizeOptions:
@@ -70,6 +65,21 @@ class ShardPlan:
         return shard_name(self.index)
 
 
+def _no_op(*args) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class JobHooks:
+    """Points where a caller can reach into the job; the defaults do nothing.
+
+    shard_written(dest, written, pending): after each shard this run writes (file and completion
+    record); `written` counts them, `pending` lists this run's shard plans in writing order.
+    The interruption test kills the driver from here (tests/pretokenize_killed_after.py)."""
+
+    shard_written: Callable[[Destination, int, List[ShardPlan]], None] = _no_op
+
+
 def _sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
@@ -104,7 +114,7 @@ def _tok_dict(tok_cfg) -> dict:
     return d
 
 
-def tokenize(tok_cfg, opts: TokenizeOptions, log=print) -> str:
+def tokenize(tok_cfg, opts: TokenizeOptions, log=print, hooks: JobHooks = JobHooks()) -> str:
     """Run the job; returns the manifest URI. Idempotent: a finished identical job returns at once."""
     opts.validate()
     tok_cfg.validate()
@@ -156,7 +166,7 @@ def tokenize(tok_cfg, opts: TokenizeOptions, log=print) -> str:
         if started:     # callers that manage Ray (the launcher, a cluster job) init it themselves
             ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         try:
-            _run_pipeline(listing, pending, tok_cfg, tok_info["hash"], vae, dest, opts, records, log)
+            _run_pipeline(listing, pending, tok_cfg, tok_info["hash"], vae, dest, opts, records, log, hooks)
         finally:
             if started:
                 ray.shutdown()
@@ -196,7 +206,7 @@ def _existing_job(dest: Destination, job_fp: str, plans: List[ShardPlan], opts: 
     return None
 
 
-def _run_pipeline(listing, pending, tok_cfg, tok_hash, vae, dest, opts, records, log) -> None:
+def _run_pipeline(listing, pending, tok_cfg, tok_hash, vae, dest, opts, records, log, hooks: JobHooks) -> None:
     import ray
 
     from .stages import EncodeActor, decode_batch
@@ -228,7 +238,6 @@ def _run_pipeline(listing, pending, tok_cfg, tok_hash, vae, dest, opts, records,
     by_index = {p.index: p for p in pending}
     buffers: Dict[int, List[dict]] = {p.index: [] for p in pending}
     got_rows = {p.index: 0 for p in pending}
-    exit_after = int(os.environ.get(_EXIT_AFTER_ENV, "0"))
     progress = Progress(total_images=len(items), total_shards=len(pending), every=opts.progress_every, log=log)
     written = 0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -244,8 +253,7 @@ def _run_pipeline(listing, pending, tok_cfg, tok_hash, vae, dest, opts, records,
                 records[p.name] = _write_shard(dest, p, buffers.pop(int(s)), opts)
                 written += 1
                 progress.shard_done()
-                if exit_after and written >= exit_after:
-                    _die_mid_write(dest, pending, written)
+                hooks.shard_written(dest, written, pending)
     if buffers:
         raise RuntimeError(f"pipeline ended with incomplete shards {sorted(buffers)}; rerun to resume")
     progress.finish()
@@ -264,14 +272,6 @@ def _write_shard(dest: Destination, plan: ShardPlan, parts: List[dict], opts: To
     rec = record_from(plan.name, data, int(ok.sum()), int((cat["variant"][ok] == 0).sum()), plan.fingerprint, rejects)
     dest.write_record(rec)          # after the shard: a record always points at a complete file
     return rec
-
-
-def _die_mid_write(dest: Destination, pending, written: int) -> None:
-    if written < len(pending) and dest.local:
-        with dest.fs.open(dest.path(pending[written].name) + ".tmp-killed", "wb") as f:
-            f.write(b"PAR1 half a shard")
-    sys.stdout.flush()
-    os._exit(75)
 
 
 def run_tokenize(cfg, source: Optional[str] = None, dest: Optional[str] = None, log=print, **options) -> str:

@@ -66,12 +66,26 @@ def stage_eval(cfg) -> None:
     print(f"[demo] eval: {len(rows)} new checkpoint(s) evaluated; results {svc.table.path}", flush=True)
 
 
-def main() -> int:
-    from mvar_dist.config import load_config, save_config
+def main(argv=None) -> int:
+    import argparse
 
+    from mvar_dist.config import ConfigError, load_config, save_config
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dry-run", action="store_true", help="resolve the config, print the plan, run nothing")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the demo128 preset, e.g. optim.epochs=8")
+    args = p.parse_args(argv)
     t0 = time.time()
-    overrides = sys.argv[1:]
-    cfg = load_config("demo128", overrides)
+    overrides = args.overrides
+    try:
+        cfg = load_config("demo128", overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(f"[demo] dry run: images {cfg.data.image_root} -> shards {cfg.data.shards} -> {cfg.optim.epochs} "
+              f"epoch(s) on 2 ranks -> checkpoints {cfg.ckpt.dir} -> samples + eval in {cfg.out_dir}")
+        return 0
     save_config(cfg, cfg.out_dir)
     stage_dataset(cfg)
     stage_tokenize(cfg)

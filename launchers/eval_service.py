@@ -11,7 +11,6 @@ s3:// endpoints come from $AWS_ENDPOINT_URL; credentials from the standard AWS c
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import urllib.request
 from pathlib import Path
@@ -20,13 +19,12 @@ from pathlib import Path
 def fetch_inception(folder: str) -> int:
     """Explicit download of pytorch-fid's weights file, checked against the sha256 prefix in its name."""
     from mvar_dist.eval.inception import STANDARD_FILE, STANDARD_URL, read_weights
+    from mvar_dist.fsio import atomic_path
 
     dst = Path(folder) / STANDARD_FILE
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}")
     print(f"downloading {STANDARD_URL} -> {dst}")
-    urllib.request.urlretrieve(STANDARD_URL, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(dst, mkdir=True) as tmp:
+        urllib.request.urlretrieve(STANDARD_URL, tmp)
     read_weights(dst)  # raises if the hash prefix does not match
     print(f"ok: pass --inception-weights {dst}")
     return 0
@@ -42,7 +40,7 @@ def parse(argv):
     p.add_argument("--inception-weights", default=None, help="pytorch-fid pt_inception-2015-12-05-6726825d.pth")
     p.add_argument("--reference", default=None, help="reference batch .npz (mu/sigma[, mu_s/sigma_s, arr_0])")
     p.add_argument("--num-per-class", type=int, default=None)
-    p.add_argument("--cfg", type=float, default=None)
+    p.add_argument("--cfg-scale", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -51,7 +49,7 @@ def parse(argv):
     p.add_argument("--pack-npz", action="store_true", help="also pack each sample folder into an arr_0 .npz")
     p.add_argument("--no-tensorboard", action="store_true")
     p.add_argument("--fetch-inception", metavar="DIR", help="download the standard Inception weights, then exit")
-    p.add_argument("overrides", nargs="*", help="dotted config overrides such as eval.cfg=2.0")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides such as eval.cfg_scale=2.0")
     return p.parse_args(argv)
 
 
@@ -79,7 +77,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     flags = {"inception_weights": a.inception_weights, "reference_npz": a.reference,
-             "num_per_class": a.num_per_class, "cfg": a.cfg, "top_k": a.top_k, "top_p": a.top_p,
+             "num_per_class": a.num_per_class, "cfg_scale": a.cfg_scale, "top_k": a.top_k, "top_p": a.top_p,
              "seed": a.seed, "batch_size": a.batch_size}
     for name, value in flags.items():
         if value is not None:

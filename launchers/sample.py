@@ -17,36 +17,21 @@ import os
 import sys
 
 
-def _dist_init():
-    """Join the torchrun group when launched by it; returns (rank, world_size, device)."""
-    import torch
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if cuda else "gloo")
-    rank = torch.distributed.get_rank() if world > 1 else 0
-    if cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return rank, world, f"cuda:{local}"
-    return rank, world, "cpu"
-
-
 def cmd_sample(a) -> int:
     import torch
 
+    from mvar_dist.distributed import destroy_process_group, init_process_group
     from mvar_dist.eval.checkpoints import load_run_config, sampler_for
     from mvar_dist.eval.npz import pack_folder
     from mvar_dist.eval.sampling import SamplePlan, generate_samples
 
-    rank, world, device = _dist_init()
+    rank, world, device = init_process_group(single_process=False)  # a group only under torchrun
     run_cfg = load_run_config(a.ckpt)
     ev = run_cfg.eval
     pick = lambda flag, default: default if flag is None else flag  # noqa: E731
     plan = SamplePlan(run_cfg.model.num_classes, pick(a.num_per_class, ev.num_per_class),
                       pick(a.batch_size, ev.batch_size), pick(a.seed, ev.seed))
-    fn = sampler_for(a.ckpt, pick(a.cfg, ev.cfg), pick(a.top_k, ev.top_k), pick(a.top_p, ev.top_p),
+    fn = sampler_for(a.ckpt, pick(a.cfg_scale, ev.cfg_scale), pick(a.top_k, ev.top_k), pick(a.top_p, ev.top_p),
                      a.more_smooth, device, run_cfg)
     counts = generate_samples(fn, plan, a.out, rank, world, log=print if rank == 0 else None)
     if world > 1:
@@ -58,8 +43,7 @@ def cmd_sample(a) -> int:
             out = a.out.rstrip("/") + ".npz"
             pack_folder(a.out, out, expected=plan.num_samples)
             print(f"[sample] packed {out}")
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    destroy_process_group()
     return 0
 
 
@@ -109,7 +93,7 @@ def main(argv=None) -> int:
     s = sub.add_parser("sample", help="class-balanced PNG samples of a checkpoint (resumable, multi-rank)")
     s.add_argument("--ckpt", required=True, help="step folder with model.safetensors and config.yaml")
     s.add_argument("--out", required=True)
-    for flag, typ in (("--num-per-class", int), ("--batch-size", int), ("--seed", int), ("--cfg", float),
+    for flag, typ in (("--num-per-class", int), ("--batch-size", int), ("--seed", int), ("--cfg-scale", float),
                       ("--top-k", int), ("--top-p", float)):
         s.add_argument(flag, type=typ, default=None, help="default: the checkpoint config's eval section")
     s.add_argument("--more-smooth", action="store_true", help="soft Gumbel sampling (visualisation, not FID)")

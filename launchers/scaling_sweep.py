@@ -1,12 +1,13 @@
 """Scaling-law sweeps: plan, run (locally or as Ray jobs), then table + fits + plots.
 
-    python launchers/scaling_sweep.py plan configs/sweeps/var_mvar_scaling.yaml     # dry run: sizes, FLOPs, GPU-hours
-    python launchers/scaling_sweep.py run sweeps/cpu_demo                           # train missing runs, then analyse
-    python launchers/scaling_sweep.py run sweeps/cpu_demo --dry-run                 # = plan
+    python launchers/scaling_sweep.py plan var_mvar_scaling          # dry run: sizes, FLOPs, GPU-hours
+    python launchers/scaling_sweep.py run cpu_demo                   # train missing runs, then analyse
+    python launchers/scaling_sweep.py run cpu_demo --dry-run         # = plan
     python launchers/scaling_sweep.py run my_sweep.yaml --ray http://127.0.0.1:8265 --wait
-    python launchers/scaling_sweep.py analyze sweeps/cpu_demo                       # results.csv, fits.json, plots/
+    python launchers/scaling_sweep.py analyze cpu_demo               # results.csv, fits.json, plots/
 
-A sweep is a path or a name under configs/sweeps/. Complete runs (summary.json present) are skipped.
+A sweep is a YAML path or the name of a shipped one (configs/sweeps/<name>.yaml; `sweeps/<name>` works
+too), from any working directory. Complete runs (summary.json present) are skipped.
 Outputs: <out_root>/runs/<run_id>/, <out_root>/results.csv, <out_root>/fits.json, <out_root>/plots/.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ def parse(argv):
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("plan", "run", "analyze"):
         s = sub.add_parser(name)
-        s.add_argument("sweep", help="sweep YAML path or name under configs/sweeps/")
+        s.add_argument("sweep", help="sweep YAML path, or a shipped sweep name (e.g. cpu_demo)")
         s.add_argument("--out-root", default=None, help="override the sweep file's out_root")
         if name == "run":
             s.add_argument("--dry-run", action="store_true", help="print the plan and exit")

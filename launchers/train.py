@@ -30,7 +30,8 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def main(argv=None, hooks=None) -> int:
+    """hooks: an optional mvar_dist.train.loop.TrainHooks (fault drills, see tests/train_with_nan_steps.py)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
@@ -39,15 +40,15 @@ def main(argv=None) -> int:
     # DeepSpeed's ZeRO-3 calls a deprecated c10d alias on every step; the warning would flood the console.
     warnings.filterwarnings("ignore", message=".*reduce_scatter_tensor.*", category=FutureWarning)
     from mvar_dist.config import ConfigError, load_config
-    from mvar_dist.train.loop import BadStepsError, train
+    from mvar_dist.train.loop import BadStepsError, TrainHooks, train
 
     overrides = list(args.overrides) + ([f"ckpt.resume={args.resume}"] if args.resume else [])
     try:
         cfg = load_config(args.config, overrides)
         if not cfg.data.shards:
             raise ConfigError("data.shards", "no token shards given: pass data.shards=<dir or s3:// prefix> "
-                                             "(make them with launchers/tokenize.py)")
-        train(cfg, args.ds_config, args.zero_init)
+                                             "(make them with launchers/pretokenize.py)")
+        train(cfg, args.ds_config, args.zero_init, hooks or TrainHooks())
     except (ConfigError, BadStepsError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2

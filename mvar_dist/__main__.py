@@ -1,4 +1,4 @@
-"""`python -m mvar_dist <command>`: doctor, config, demo-data."""
+"""`python -m mvar_dist <command>`: doctor, config, demo-data, plan."""
 from __future__ import annotations
 
 import argparse
@@ -18,8 +18,16 @@ def main(argv=None) -> int:
     d.add_argument("--per-class", type=int, default=20)
     d.add_argument("--size", type=int, default=256)
     d.add_argument("--seed", type=int, default=0)
+    from .plan.cli import add_arguments as add_plan_arguments
+
+    add_plan_arguments(sub.add_parser("plan", help="per-rank GPU memory, largest micro batch and step time "
+                                                   "of a config on N GPUs (ZeRO-3)"))
     a = p.parse_args(argv)
 
+    if a.cmd == "plan":
+        from .plan.cli import main as plan
+
+        return plan(a)
     if a.cmd == "doctor":
         from .doctor import main as doctor
 

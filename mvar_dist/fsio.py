@@ -4,7 +4,8 @@ Two families of atomic write exist on purpose:
   * `write_bytes_atomic(fs, path, data)` works on any fsspec filesystem (token shards, manifests on
     s3://): temp name + rename on local disks, a single PUT (already atomic) on object stores;
   * `atomic_path` / `write_text_atomic` / `write_json_atomic` take plain local paths (checkpoints,
-    configs, tables, images) and always go through a temp name in the same folder + os.replace.
+    configs, tables, images, staged folders) and always go through a temp name in the same folder +
+    os.replace.
 Credentials always come from the standard AWS chain; nothing here logs them.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Union
 
@@ -61,8 +63,10 @@ def write_bytes_atomic(fs, path: str, data: bytes) -> None:
 def atomic_path(path: PathLike, *, mkdir: bool = False, keep_suffix: bool = False) -> Iterator[Path]:
     """Yield a temp path in the same folder as `path`; on success it replaces `path`, on error it is removed.
 
-    keep_suffix puts the final suffix last on the temp name, for writers that pick the format from it or
-    append their own (np.save, savefig)."""
+    The caller may make the temp path a file or a folder. A folder replaces an existing folder at
+    `path` (removed first: a rename cannot replace a non-empty folder, so readers must tell a complete
+    folder by its contents, e.g. a marker file). keep_suffix puts the final suffix last on the temp
+    name, for writers that pick the format from it or append their own (np.save, savefig)."""
     path = Path(path)
     if mkdir:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,9 +74,13 @@ def atomic_path(path: PathLike, *, mkdir: bool = False, keep_suffix: bool = Fals
     tmp = path.with_name(f".{path.stem if keep_suffix else path.name}.tmp{os.getpid()}{tail}")
     try:
         yield tmp
+        if tmp.is_dir() and path.is_dir():
+            shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
             tmp.unlink()
 
 

@@ -35,8 +35,8 @@ def _check(patch_nums: Sequence[int], kind: str) -> Tuple[int, ...]:
 
 @functools.lru_cache(maxsize=64)
 def scale_ids(patch_nums: Tuple[int, ...]) -> torch.Tensor:
-    """(L,) int64: the scale index of every position."""
-    return torch.cat([torch.full((p * p,), si, dtype=torch.long) for si, p in enumerate(patch_nums)])
+    """(L,) int64 on the CPU (even under a `torch.device("meta")` build, since cached masks derive from it)."""
+    return torch.cat([torch.full((p * p,), si, dtype=torch.long, device="cpu") for si, p in enumerate(patch_nums)])
 
 
 def scale_bounds(patch_nums: Sequence[int]) -> Tuple[int, ...]:
@@ -135,7 +135,7 @@ def _flash_varlen(q, k, v, pns, kind, scale):
         lens = torch.tensor([p * p for p in pns] * B, dtype=torch.int32)
         cu = F.pad(lens.cumsum(0, dtype=torch.int32), (1, 0)).to(q.device)
         _CU_SEQLENS[key] = cu
-    max_len = max(pns) ** 2  # not a hard-coded 256: any patch_nums (model_spec 6.1)
+    max_len = max(pns) ** 2  # not the official hard-coded 256: any patch_nums (docs/model.md)
     flat = [t.transpose(1, 2).reshape(B * L, H, D) for t in (q, k, v)]
     o = flash_attn_varlen_func(*flat, cu, cu, max_len, max_len, softmax_scale=scale, causal=False)
     return o.view(B, L, H, D).transpose(1, 2)

@@ -76,6 +76,7 @@ def test_yaml_round_trip(tmp_path):
     (["model.width=100"], "model.width"),
     (["optim.betas=[0.9]"], "optim.betas"),
     (["depth"], "depth"),
+    (["data.shards=..."], "data.shards"),   # not valid YAML: a clear error, not a parser traceback
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as e:

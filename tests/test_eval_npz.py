@@ -28,7 +28,7 @@ def test_npz_packer_roundtrips_in_name_order(tmp_path):
     assert arr.dtype == np.uint8 and arr.shape == (7, 12, 10, 3)
     np.testing.assert_array_equal(arr, imgs)
     np.testing.assert_array_equal(load_images(tmp_path / "out" / "samples.npz"), imgs)
-    assert not list((tmp_path / "out").glob(".tmp-*"))  # no temp file left behind
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["samples.npz"]  # no temp file left behind
 
 
 def test_npz_packer_refuses_wrong_count_and_mixed_sizes(tmp_path):
@@ -69,7 +69,7 @@ def test_reference_in_adm_layout_loads(tmp_path):
 
 
 def _proto(**kw):
-    base = dict(num_classes=10, num_per_class=5, cfg=1.5, top_k=900, top_p=0.96, more_smooth=False, seed=0,
+    base = dict(num_classes=10, num_per_class=5, cfg_scale=1.5, top_k=900, top_p=0.96, more_smooth=False, seed=0,
                 resolution=64)
     return Protocol(**{**base, **kw})
 
@@ -77,7 +77,7 @@ def _proto(**kw):
 def test_protocol_hash_covers_every_field():
     p = _proto()
     assert p.num_samples == 50 and not p.fid_enabled
-    for change in (dict(cfg=2.0), dict(top_k=600), dict(top_p=0.95), dict(seed=1), dict(num_per_class=50),
+    for change in (dict(cfg_scale=2.0), dict(top_k=600), dict(top_p=0.95), dict(seed=1), dict(num_per_class=50),
                    dict(resolution=128), dict(image_format="jpeg"), dict(reference_sha256="ab"),
                    dict(inception_sha256="cd"), dict(more_smooth=True)):
         assert _proto(**change).hash() != p.hash(), change
@@ -98,7 +98,7 @@ def test_results_table_is_idempotent_and_rows_carry_the_protocol(tmp_path):
     assert float(rows[0]["fid"]) == 11.0
     for col in PROTOCOL_COLUMNS:
         assert col in rows[0], col
-    assert rows[0]["num_samples"] == "50" and rows[0]["cfg"] == "1.5" and rows[0]["image_format"] == "png"
+    assert rows[0]["num_samples"] == "50" and rows[0]["cfg_scale"] == "1.5" and rows[0]["image_format"] == "png"
     assert rows[0]["reference_sha256"] == "r" * 64 and rows[0]["inception_sha256"] == "i" * 64
     assert table.has("run/step_00000010", p.hash()) and not table.has("run/step_00000010", _proto().hash())
     with open(tmp_path / "eval_results.csv", newline="") as f:

@@ -16,7 +16,7 @@ def tiny_sample_fn():
     cfg = load_config("mvar_tiny")
     model = MVAR.from_config(cfg).eval()
     vae = MultiScaleVQVAE.from_config(cfg.tokenizer, seed=0).eval()
-    return model_sample_fn(model, vae, cfg=1.5, top_k=50, top_p=0.96)
+    return model_sample_fn(model, vae, cfg_scale=1.5, top_k=50, top_p=0.96)
 
 
 def test_plan_is_class_balanced_and_seeds_depend_on_the_image_only():

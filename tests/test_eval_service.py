@@ -81,7 +81,7 @@ def test_service_evaluates_complete_checkpoints_once_and_survives_restart(tmp_pa
     row = table[0]
     # the protocol travels with every row; without weights no metric is filled in and the row says why
     assert row["status"] == "fid_skipped" and row["fid"] == "" and "pt_inception-2015-12-05" in row["note"]
-    assert (row["num_samples"], row["num_per_class"], row["cfg"], row["top_k"], row["top_p"], row["seed"]) == \
+    assert (row["num_samples"], row["num_per_class"], row["cfg_scale"], row["top_k"], row["top_p"], row["seed"]) == \
         ("10", "1", "1.5", "50", "0.96", "0")
     assert row["image_format"] == "png" and row["inception_sha256"] == "" and len(row["model_sha256"]) == 64
     assert len(list((work / "samples" / "tiny" / "step_00000010").glob("*/*.png"))) == 10

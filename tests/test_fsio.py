@@ -46,6 +46,22 @@ def test_atomic_path_keep_suffix_for_format_sniffing_writers(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["feats.npy"]
 
 
+def test_atomic_path_publishes_a_folder_and_replaces_an_old_one(tmp_path):
+    target = tmp_path / "staged"
+    for text in ("old", "new"):
+        with fsio.atomic_path(target) as tmp:
+            tmp.mkdir()
+            (tmp / "f.txt").write_text(text)
+    assert (target / "f.txt").read_text() == "new"
+    with pytest.raises(RuntimeError, match="boom"):
+        with fsio.atomic_path(target) as tmp:
+            tmp.mkdir()
+            (tmp / "f.txt").write_text("half")
+            raise RuntimeError("boom")
+    assert (target / "f.txt").read_text() == "new"  # the failed folder never replaced it
+    assert [p.name for p in tmp_path.iterdir()] == ["staged"]
+
+
 def test_open_fs_local_strips_trailing_slash_and_writes_bytes_atomically(tmp_path):
     fs, root = fsio.open_fs(str(tmp_path) + "/")
     assert fsio.is_local(fs) and root == str(tmp_path)

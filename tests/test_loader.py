@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mvar_dist.data import ShardError, TokenLoader
+from mvar_dist.data import LoaderSettings, ShardError, TokenLoader
 from mvar_dist.data.io import ShardStore
 from shard_factory import FAKE_TOKENIZER_HASH, decode, flip_byte, write_token_shards
 
@@ -33,7 +33,8 @@ def shards_copy(shards, tmp_path):
 
 def global_sequence(uri, world_size, steps, global_batch=G, state=None, **kw):
     """Run `world_size` rank loaders in lockstep for `steps` steps; concatenated global batches."""
-    loaders = [TokenLoader(uri, global_batch, rank=r, world_size=world_size, **kw) for r in range(world_size)]
+    loaders = [TokenLoader(LoaderSettings(uri, global_batch, rank=r, world_size=world_size, **kw))
+               for r in range(world_size)]
     if state is not None:
         for loader in loaders:
             loader.load_state_dict(state)
@@ -62,7 +63,7 @@ def stored_rows(uri):
 
 def test_each_epoch_is_the_dataset_once_with_exact_rows(shards):
     rows = stored_rows(shards)
-    loader = TokenLoader(shards, 2, shuffle_window=16, vocab_size=256, patch_nums=(1, 2, 3, 4))
+    loader = TokenLoader(LoaderSettings(shards, 2, shuffle_window=16, vocab_size=256, patch_nums=(1, 2, 3, 4)))
     assert len(loader) == loader.steps_per_epoch == N_IMAGES // 2
     variants_by_epoch = []
     for epoch in range(2):
@@ -89,7 +90,7 @@ def test_dropped_tail_is_a_partial_batch_and_differs_per_epoch(shards):
 
 
 def test_unshuffled_order_is_file_order(shards):
-    ids = [i for _, tok in TokenLoader(shards, 2, shuffle=False) for i, _ in decode(tok)]
+    ids = [i for _, tok in TokenLoader(LoaderSettings(shards, 2, shuffle=False)) for i, _ in decode(tok)]
     assert ids == list(range(N_IMAGES))
 
 
@@ -122,7 +123,7 @@ def test_resume_reads_only_the_remaining_samples(shards, monkeypatch):
     gathered = []
     real_gather = ShardStore.gather
     monkeypatch.setattr(ShardStore, "gather", lambda self, shard, rows: gathered.append(len(rows)) or real_gather(self, shard, rows))
-    loader = TokenLoader(shards, G, rank=1, world_size=2)
+    loader = TokenLoader(LoaderSettings(shards, G, rank=1, world_size=2))
     loader.load_state_dict({"epoch": 3, "samples_consumed": 4 * G, "seed": 0, "global_batch": G})
     batches = list(loader)
     assert len(batches) == 1 and sum(gathered) == G // 2  # no replay of the 48 consumed samples
@@ -130,12 +131,12 @@ def test_resume_reads_only_the_remaining_samples(shards, monkeypatch):
 
 
 def test_state_is_updated_per_batch_and_checked_on_load(shards):
-    loader = TokenLoader(shards, G)
+    loader = TokenLoader(LoaderSettings(shards, G))
     it = iter(loader)
     next(it)
     next(it)
     assert loader.state_dict()["samples_consumed"] == 2 * G
-    other = TokenLoader(shards, G, seed=1)
+    other = TokenLoader(LoaderSettings(shards, G, seed=1))
     with pytest.raises(ValueError, match="seed 0.*seed 1"):
         other.load_state_dict(loader.state_dict())
     with pytest.raises(ValueError, match="invalid loader state"):
@@ -144,7 +145,8 @@ def test_state_is_updated_per_batch_and_checked_on_load(shards):
 
 def test_held_out_split_by_image_id(shards):
     def ids(split, seed):
-        loader = TokenLoader(shards, 1, split=split, val_fraction=0.25, seed=seed)  # batch 1: nothing dropped
+        # batch 1: nothing dropped
+        loader = TokenLoader(LoaderSettings(shards, 1, split=split, val_fraction=0.25, seed=seed))
         return [i for _, tok in loader for i, _ in decode(tok)], loader.num_samples
 
     train, n_train = ids("train", 0)
@@ -157,7 +159,7 @@ def test_held_out_split_by_image_id(shards):
 
 
 def test_bounded_row_group_cache(shards):
-    loader = TokenLoader(shards, G, cache_bytes=1)
+    loader = TokenLoader(LoaderSettings(shards, G, cache_bytes=1))
     for _ in loader:
         pass
     assert len(loader._store._groups) == 1  # never more than the budget (or the single group in use)
@@ -175,19 +177,19 @@ def test_bounded_row_group_cache(shards):
 def test_bad_arguments_are_refused(shards, kwargs, match):
     kwargs.setdefault("global_batch", G)
     with pytest.raises(ValueError, match=match):
-        TokenLoader(shards, **kwargs)
+        TokenLoader(LoaderSettings(shards, **kwargs))
 
 
 def test_incomplete_dataset_without_manifest(shards_copy):
     os.remove(os.path.join(shards_copy, "manifest.json"))
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
-        TokenLoader(shards_copy, G)
+        TokenLoader(LoaderSettings(shards_copy, G))
 
 
 def test_missing_shard_is_named(shards_copy):
     os.remove(os.path.join(shards_copy, "shard-00003.parquet"))
     with pytest.raises(ShardError, match="shard-00003.parquet.*missing"):
-        TokenLoader(shards_copy, G)
+        TokenLoader(LoaderSettings(shards_copy, G))
 
 
 def test_truncated_shard_is_named(shards_copy):
@@ -195,14 +197,14 @@ def test_truncated_shard_is_named(shards_copy):
     data = open(path, "rb").read()
     open(path, "wb").write(data[:-100])
     with pytest.raises(ShardError, match="shard-00001.parquet.*truncated"):
-        TokenLoader(shards_copy, G)
+        TokenLoader(LoaderSettings(shards_copy, G))
 
 
 @pytest.mark.parametrize("where", [0.25, 0.5, 0.75])
 def test_corrupt_shard_fails_loudly_naming_it(shards_copy, where):
     path = os.path.join(shards_copy, "shard-00002.parquet")
     flip_byte(path, where)
-    loader = TokenLoader(shards_copy, G)
+    loader = TokenLoader(LoaderSettings(shards_copy, G))
     with pytest.raises(ShardError, match="shard-00002.parquet.*corrupt"):
         for _ in loader:
             pass
@@ -211,7 +213,7 @@ def test_corrupt_shard_fails_loudly_naming_it(shards_copy, where):
 def test_corrupt_shard_is_caught_by_page_checksums_alone(shards_copy):
     path = os.path.join(shards_copy, "shard-00002.parquet")
     flip_byte(path)
-    loader = TokenLoader(shards_copy, G, verify_sha256=False)
+    loader = TokenLoader(LoaderSettings(shards_copy, G, verify_sha256=False))
     with pytest.raises(ShardError, match="shard-00002.parquet.*CRC"):
         for _ in loader:
             pass
@@ -223,14 +225,14 @@ def test_shard_image_counts_are_checked_against_the_manifest(tmp_path):
     m.variants["count"], m.num_images = 1, 0  # wrong K, no total: rows/K is trusted until a shard is read
     (tmp_path / "t" / "manifest.json").write_text(m.to_json())
     with pytest.raises(ShardError, match="holds 13 images.*manifest implies 26"):
-        next(iter(TokenLoader(uri, 4)))
+        next(iter(TokenLoader(LoaderSettings(uri, 4))))
     m.num_images = 30  # a total is known: the shards are scanned at start and disagree
     (tmp_path / "t" / "manifest.json").write_text(m.to_json())
     with pytest.raises(ShardError, match="records 30 images, its shards hold 26"):
-        TokenLoader(uri, 4)
+        TokenLoader(LoaderSettings(uri, 4))
     m.num_images = 26  # wrong K but right total: the scan finds the true counts
     (tmp_path / "t" / "manifest.json").write_text(m.to_json())
-    assert sorted(i for _, tok in TokenLoader(uri, 2) for i, _ in decode(tok)) == list(range(26))
+    assert sorted(i for _, tok in TokenLoader(LoaderSettings(uri, 2)) for i, _ in decode(tok)) == list(range(26))
 
 
 def test_token_ids_outside_the_vocabulary(tmp_path):
@@ -238,7 +240,7 @@ def test_token_ids_outside_the_vocabulary(tmp_path):
     m = write_token_shards(uri, num_images=24, vocab_size=256, tokenizer_hash=FAKE_TOKENIZER_HASH)
     m.tokenizer["vocab_size"] = 200
     (tmp_path / "t" / "manifest.json").write_text(m.to_json())
-    loader = TokenLoader(uri, 24, vocab_size=200)
+    loader = TokenLoader(LoaderSettings(uri, 24, vocab_size=200))
     with pytest.raises(ShardError, match=r"token id \d+ >= vocab_size 200"):
         next(iter(loader))
 
@@ -246,7 +248,7 @@ def test_token_ids_outside_the_vocabulary(tmp_path):
 def test_variant_choice_uses_every_variant(tmp_path):
     uri = str(tmp_path / "t")
     write_token_shards(uri, num_images=30, variants=4, images_per_shard=7)
-    counts = collections.Counter(v for _, tok in TokenLoader(uri, 30) for _, v in decode(tok))
+    counts = collections.Counter(v for _, tok in TokenLoader(LoaderSettings(uri, 30)) for _, v in decode(tok))
     assert set(counts) == {0, 1, 2, 3}
 
 
@@ -266,5 +268,6 @@ def test_reads_shards_written_by_the_tokenisation_job(tmp_path):
     m = Manifest(tokenizer={"hash": "h", "vocab_size": 256}, patch_nums=[1, 2, 3, 4], resolution=64,
                  variants={"count": 3}, num_classes=10, shards=infos, num_images=20)
     (tmp_path / "manifest.json").write_text(m.to_json())
-    seen = [key for _, tok in TokenLoader(str(tmp_path), 4, vocab_size=256, tokenizer_hash="h") for key in decode(tok)]
+    loader = TokenLoader(LoaderSettings(str(tmp_path), 4, vocab_size=256, tokenizer_hash="h"))
+    seen = [key for _, tok in loader for key in decode(tok)]
     assert sorted(i for i, _ in seen) == list(range(20)) and {v for _, v in seen} <= {0, 1, 2}

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from mvar_dist.data import ShardError, TokenLoader
+from mvar_dist.data import LoaderSettings, ShardError, TokenLoader
 from mvar_dist.data.io import resolve_fs
 from s3_utils import moto_s3  # noqa: F401  (fixture)
 from shard_factory import flip_byte, write_token_shards
@@ -45,7 +45,7 @@ def test_corrupt_shard_in_a_worker_is_named(shards, tmp_path):  # noqa: F811
     path = os.path.join(uri, "shard-00004.parquet")
     flip_byte(path, 1 / 3)
     with pytest.raises(ShardError, match="shard-00004.parquet"):
-        for _ in TokenLoader(uri, G, num_workers=2):
+        for _ in TokenLoader(LoaderSettings(uri, G, num_workers=2)):
             pass
 
 
@@ -74,10 +74,10 @@ def test_corrupt_s3_shard_is_named(s3_shards, tmp_path):
     fs.pipe_file(f"{root}/shard-00001.parquet", bytes(bad))
     try:
         with pytest.raises(ShardError, match="shard-00001.parquet from s3:.* fails its manifest sha256"):
-            for _ in TokenLoader(s3_shards, G, cache_dir=str(tmp_path / "cache")):
+            for _ in TokenLoader(LoaderSettings(s3_shards, G, cache_dir=str(tmp_path / "cache"))):
                 pass
         with pytest.raises(ShardError, match="shard-00001.parquet.*corrupt"):
-            for _ in TokenLoader(s3_shards, G):
+            for _ in TokenLoader(LoaderSettings(s3_shards, G)):
                 pass
     finally:
         fs.pipe_file(f"{root}/shard-00001.parquet", good)

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from mvar_dist.data import ShardError, TokenLoader
+from mvar_dist.data import LoaderSettings, ShardError, TokenLoader
 from mvar_dist.data.order import variant_choice, variant_choices
 from test_loader import G, shards  # noqa: F401  (fixture)
 from shard_factory import flip_byte
@@ -56,8 +56,8 @@ def test_batched_variant_choice_matches_the_reference():
 
 @pytest.mark.slow
 def test_workers_persist_across_epochs_and_keep_the_sequence(shards):  # noqa: F811
-    ref, _ = passes(TokenLoader(shards, G, shuffle_window=36), 3)
-    loader = TokenLoader(shards, G, shuffle_window=36, num_workers=2)  # runs of 3 batches per worker
+    ref, _ = passes(TokenLoader(LoaderSettings(shards, G, shuffle_window=36)), 3)
+    loader = TokenLoader(LoaderSettings(shards, G, shuffle_window=36, num_workers=2))  # runs of 3 batches per worker
     got, pids = passes(loader, 3)
     same(ref, got)
     assert len(got) == 3 * STEPS_PER_EPOCH and loader.state_dict()["epoch"] == 3
@@ -67,7 +67,7 @@ def test_workers_persist_across_epochs_and_keep_the_sequence(shards):  # noqa: F
     assert loader.worker_pids == [] and not any(alive(pid) for pid in pids[0])
     # still usable after close(): new workers, and the order continues with epoch 3
     more, new_pids = passes(loader, 1)
-    same(passes(TokenLoader(shards, G, shuffle_window=36), 4)[0][-STEPS_PER_EPOCH:], more)
+    same(passes(TokenLoader(LoaderSettings(shards, G, shuffle_window=36)), 4)[0][-STEPS_PER_EPOCH:], more)
     assert new_pids[0] and not set(new_pids[0]) & set(pids[0])
     loader.close()
     assert not any(alive(pid) for pid in new_pids[0])
@@ -75,8 +75,8 @@ def test_workers_persist_across_epochs_and_keep_the_sequence(shards):  # noqa: F
 
 @pytest.mark.slow
 def test_abandoned_pass_is_preempted_and_the_order_continues(shards):  # noqa: F811
-    ref, _ = passes(TokenLoader(shards, G, shuffle_window=24), 2)
-    loader = TokenLoader(shards, G, shuffle_window=24, num_workers=2, prefetch=1)
+    ref, _ = passes(TokenLoader(LoaderSettings(shards, G, shuffle_window=24)), 2)
+    loader = TokenLoader(LoaderSettings(shards, G, shuffle_window=24, num_workers=2, prefetch=1))
     got = []
     first = iter(loader)
     for _ in range(2):  # leave the workers with a half-consumed epoch and full queues
@@ -92,7 +92,7 @@ def test_abandoned_pass_is_preempted_and_the_order_continues(shards):  # noqa: F
 
 @pytest.mark.slow
 def test_deleting_the_loader_stops_its_workers(shards):  # noqa: F811
-    loader = TokenLoader(shards, G, num_workers=2)
+    loader = TokenLoader(LoaderSettings(shards, G, num_workers=2))
     it = iter(loader)
     next(it)  # mid-epoch, workers busy
     pids = loader.worker_pids
@@ -108,7 +108,7 @@ def test_a_worker_error_stops_the_workers_and_names_the_shard(shards, tmp_path):
     shutil.copytree(shards, uri)
     path = os.path.join(uri, "shard-00002.parquet")
     flip_byte(path, 1 / 3)
-    loader = TokenLoader(uri, G, num_workers=2, shuffle_window=12)
+    loader = TokenLoader(LoaderSettings(uri, G, num_workers=2, shuffle_window=12))
     seen = []
     with pytest.raises(ShardError, match="shard-00002.parquet") as err:
         for _ in loader:
@@ -120,8 +120,8 @@ def test_a_worker_error_stops_the_workers_and_names_the_shard(shards, tmp_path):
 @pytest.mark.slow
 def test_workers_exit_when_their_parent_is_killed(shards):  # noqa: F811
     script = ("import sys, time\n"
-              "from mvar_dist.data import TokenLoader\n"
-              f"loader = TokenLoader({shards!r}, {G}, num_workers=2)\n"
+              "from mvar_dist.data import LoaderSettings, TokenLoader\n"
+              f"loader = TokenLoader(LoaderSettings({shards!r}, {G}, num_workers=2))\n"
               "it = iter(loader); next(it)\n"
               "print(*loader.worker_pids, flush=True)\n"
               "time.sleep(600)\n")

@@ -1,4 +1,5 @@
-"""MVAR/VAR against the official-code fixtures: logits, greedy CFG sampling, state-dict import/export."""
+"""MVAR/VAR against the large official-code fixtures (the extended parity run; skipped without them):
+logits, greedy CFG sampling, state-dict import/export. test_parity_small.py is the default-suite run."""
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -6,6 +7,7 @@ from safetensors.torch import load_file
 from mvar_dist.model import MVAR
 from mvar_dist.model.official import infer_hparams
 from mvar_dist.tokenizer import MultiScaleVQVAE
+from parity import strip_prefix as _strip
 
 # (fixture file, key prefix of the model state, prefix of inputs/expectations)
 CASES = {
@@ -13,10 +15,6 @@ CASES = {
     "mvar_nol2": ("mvar_tiny_d3_nol2.safetensors", "nol2.state.", "nol2."),
     "var": ("var_tiny_d3.safetensors", "var.state.", ""),
 }
-
-
-def _strip(sd, prefix):
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +39,7 @@ def test_logits_match_official(loaded, name):
     model = MVAR.from_official(state)
     assert model.arch == ("var" if name == "var" else "mvar")
     assert model.cfg.attn_l2_norm == (name != "mvar_nol2")
-    model.train()  # the fixtures are train-mode logits; cond_drop_rate must not fire there
-    model.cond_drop_rate = 0.0
+    model.train()  # the fixtures are train-mode logits
     with torch.no_grad():
         logits = model(sd[e + "input.label"], sd[e + "input.x"])
     expect = sd[e + "expect.logits"]
@@ -55,7 +52,7 @@ def test_logits_match_official(loaded, name):
 def test_greedy_cfg_sampling_matches_official(loaded, name):
     sd, state, e, vae = loaded[name]
     model = MVAR.from_official(state)
-    ids, img = model.sample(vae, sd[e + "input.label"], cfg=1.5, top_k=1, top_p=0.0, seed=0)
+    ids, img = model.sample(vae, sd[e + "input.label"], cfg_scale=1.5, top_k=1, top_p=0.0, seed=0)
     for si, got in enumerate(ids):
         assert torch.equal(got, sd[f"{e}expect.greedy_cfg1.5.idx.{si}"]), f"scale {si}"
     torch.testing.assert_close(img, sd[e + "expect.greedy_cfg1.5.img"], rtol=0, atol=1e-4)

@@ -38,15 +38,15 @@ def test_incremental_equals_recompute(arch, depth, patch_nums):
     model, vae = _model(arch, depth, patch_nums), _vae(patch_nums)
     labels = torch.tensor([1, 7, -1])  # -1 = unconditional
     for kw in (dict(top_k=1, top_p=0.0), dict(top_k=20, top_p=0.9)):
-        ids_inc, img_inc = model.sample(vae, labels, cfg=1.5, seed=3, incremental=True, **kw)
-        ids_rec, img_rec = model.sample(vae, labels, cfg=1.5, seed=3, incremental=False, **kw)
+        ids_inc, img_inc = model.sample(vae, labels, cfg_scale=1.5, seed=3, incremental=True, **kw)
+        ids_rec, img_rec = model.sample(vae, labels, cfg_scale=1.5, seed=3, incremental=False, **kw)
         assert [t.shape for t in ids_inc] == [(3, p * p) for p in patch_nums]
         for si, (a, b) in enumerate(zip(ids_inc, ids_rec)):
             assert torch.equal(a, b), f"scale {si} ({kw})"
         torch.testing.assert_close(img_inc, img_rec, rtol=0, atol=1e-5)
         assert img_inc.min() >= 0 and img_inc.max() <= 1
     # a different seed draws different tokens (the generator is really used)
-    ids_other, _ = model.sample(vae, labels, cfg=1.5, top_k=20, top_p=0.9, seed=4)
+    ids_other, _ = model.sample(vae, labels, cfg_scale=1.5, top_k=20, top_p=0.9, seed=4)
     assert any(not torch.equal(a, b) for a, b in zip(ids_inc, ids_other))
 
 
@@ -64,11 +64,11 @@ def test_sampler_is_deterministic_and_leaves_no_state():
 
 
 def test_cfg_zero_ignores_the_unconditional_half():
-    """With cfg=0 the ids depend only on the conditional logits: = argmax of the train-mode forward."""
+    """With cfg_scale=0 the ids depend only on the conditional logits: = argmax of the train-mode forward."""
     pns = (1, 2, 3)
     model, vae = _model("var", 2, pns), _vae(pns)
     labels = torch.tensor([4, 5])
-    ids, _ = model.sample(vae, labels, cfg=0.0, top_k=1, top_p=0.0)
+    ids, _ = model.sample(vae, labels, cfg_scale=0.0, top_k=1, top_p=0.0)
     model.eval()
     with torch.no_grad():
         logits = model(labels, vae.ids_to_teacher_input(ids))

@@ -19,8 +19,9 @@ def test_image_is_the_same_in_any_batch_and_position(arch, more_smooth):
                                 more_smooth=more_smooth)
         for si, (a, b) in enumerate(zip(ids8, ids)):
             assert torch.equal(a[ix], b), f"scale {si}, order {order}"
-        if more_smooth:  # soft codes follow the logits, whose last bits depend on the batch's GEMM shapes
-            torch.testing.assert_close(img8[ix], img, rtol=0, atol=1e-4)
+        if more_smooth:  # soft codes follow the logits, whose last bits depend on the batch's GEMM shapes;
+            # measured up to 1.2e-4 on pixels in [-1, 1] (CPU kernels differ by ISA), ids above are exact
+            torch.testing.assert_close(img8[ix], img, rtol=0, atol=5e-4)
         else:  # pixels are a function of the ids alone, decoded on batch-invariant kernels
             assert torch.equal(img8[ix], img), f"pixels, order {order}"
     # the seed really drives the draws: one other seed, other tokens

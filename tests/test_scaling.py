@@ -6,12 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from mvar_dist.config import load_config
+from mvar_dist.config import arch_spec, load_config
+from mvar_dist.ops.attention import attention_pairs
 from mvar_dist.scaling.fit import fit_chinchilla, fit_power_law, pareto_frontier, save_fits
-from mvar_dist.scaling.params import attention_pairs, count_params, formula_flops_per_image
+from mvar_dist.scaling.params import count_params, flops_per_image
 from mvar_dist.scaling.sweep import SweepError, expand, parse_sweep, validate_runs
 
-# model_spec 2.10 (exact counts from the official shapes).
+# Exact counts from the official shapes (docs/model.md, "Parameter counts").
 SPEC_PARAMS = {("var", 12): 133_186_960, ("var", 16): 310_283_520, ("var", 20): 600_917_136,
                ("var", 24): 1_033_399_360, ("var", 30): 2_010_020_356, ("var", 32): 2_437_155_840,
                ("mvar", 12): 198_435_568, ("mvar", 16): 464_157_440, ("mvar", 20): 900_529_136,
@@ -25,7 +26,7 @@ def test_param_formula_matches_spec_table(arch, depth):
 
 
 def test_param_formula_without_l2_attention_and_non_embedding():
-    cfg = load_config("mvar_d16")  # the released d16 checkpoint has no scale_mul (model_spec 2.10)
+    cfg = load_config("mvar_d16")  # the released d16 checkpoint has no scale_mul (docs/model.md)
     p = count_params(cfg, prefer_model=False)
     assert p.total == 464_157_184
     C = 1024
@@ -43,11 +44,12 @@ def test_param_count_agrees_with_the_model_when_importable():
 
 def test_attention_pairs_and_flops_scale():
     pn = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
-    assert attention_pairs("var", pn) == 286_434 and attention_pairs("mvar", pn) == 110_468  # model_spec 2.4
+    assert attention_pairs(pn, arch_spec("var").mask) == 286_434  # docs/model.md, "Attention dispatch"
+    assert attention_pairs(pn, arch_spec("mvar").mask) == 110_468
     d16, d32 = load_config("var_d16"), load_config("var_d32")
-    f16 = formula_flops_per_image(d16.model, pn, 4096, 32)
-    f32 = formula_flops_per_image(d32.model, pn, 4096, 32)
-    assert f16 == 3 * formula_flops_per_image(d16.model, pn, 4096, 32, train=False)
+    assert tuple(d16.tokenizer.patch_nums) == pn and (d16.tokenizer.vocab_size, d16.tokenizer.z_channels) == (4096, 32)
+    f16, f32 = flops_per_image(d16), flops_per_image(d32)
+    assert f16 == 3 * flops_per_image(d16, train=False)
     # ~6 x per-token block params (attn 4C^2 + FFN 8C^2; AdaLN runs once per image) x tokens, plus
     # attention scores and the head.
     assert 1.0 < f16 / (6 * 12 * 16 * 1024 ** 2 * 680) < 1.3
@@ -104,6 +106,25 @@ def test_bad_run_config_names_run_and_key(tmp_path):
         from mvar_dist.scaling.sweep import load_sweep
 
         load_sweep(tmp_path / "missing.yaml")
+
+
+def test_shipped_sweeps_resolve_by_name_from_any_folder(tmp_path, monkeypatch):
+    from mvar_dist.config import configs_dir
+    from mvar_dist.scaling.sweep import find_sweep, list_sweeps, load_sweep
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here: names must resolve against the shipped folder
+    shipped = configs_dir() / "sweeps" / "var_mvar_scaling.yaml"
+    assert {"cpu_demo", "var_mvar_scaling"} <= set(list_sweeps())
+    for name in ("var_mvar_scaling", "sweeps/var_mvar_scaling", "configs/sweeps/var_mvar_scaling.yaml"):
+        assert find_sweep(name) == shipped
+    assert load_sweep("sweeps/cpu_demo").name == "cpu_demo"
+    own = tmp_path / "cpu_demo.yaml"  # a file in the working folder wins over the shipped name
+    own.write_text((configs_dir() / "sweeps" / "cpu_demo.yaml").read_text().replace("name: cpu_demo", "name: mine"))
+    assert load_sweep("cpu_demo.yaml").name == "mine"
+    with pytest.raises(SweepError, match="shipped sweep: .*cpu_demo.*var_mvar_scaling"):
+        find_sweep("sweeps/no_such_sweep")
+    with pytest.raises(SweepError, match="no sweep file"):
+        find_sweep("elsewhere/var_mvar_scaling")  # only bare, sweeps/ or configs/sweeps/ names are shipped ones
 
 
 def test_power_law_recovers_known_parameters():

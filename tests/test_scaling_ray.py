@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ray_head import start_head
+from ray_head import client_env, start_head
 from test_scaling_runner import FAKE_TRAIN
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ def _invocations(path: Path):
 
 
 def test_sweep_as_ray_jobs_completes_skips_and_reports_failures(tmp_path, tmp_path_factory, capsys):
-    from mvar_dist.scaling.ray_jobs import RayRunner
+    from mvar_dist.scaling.ray_jobs import RayRunner, auth_headers
     from mvar_dist.scaling.runner import SPEC_NAME
     from mvar_dist.scaling.sweep import load_sweep
 
@@ -48,14 +48,16 @@ def test_sweep_as_ray_jobs_completes_skips_and_reports_failures(tmp_path, tmp_pa
 
     # The jobs run `python` from the cluster's environment: this venv, as on a node with the project installed.
     head_env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    # The client side must find the head's auth mode by itself (`ray job submit` users set RAY_AUTH_MODE).
-    env_before = os.environ.pop("RAY_AUTH_MODE", None)
     head_temp = tmp_path_factory.mktemp("rayhead")   # short: Ray's socket paths must fit in 107 bytes
-    try:
-        with start_head(head_temp, head_env) as url:
+    with start_head(head_temp, head_env) as head:
+        # The client side finds the head's auth mode by itself (`ray job submit` users set RAY_AUTH_MODE);
+        # the token comes from Ray's first token source, as a user would give it.
+        with client_env({"RAY_AUTH_MODE": None, "RAY_AUTH_TOKEN": head.token}):
+            url = head.url
+            assert auth_headers(url) == {"authorization": f"Bearer {head.token}"}   # mode asked, token found
             logs = []
             first = RayRunner(sweep, url, env={"FAKE_LOG": str(fake_log)}, log=logs.append).run(wait=True, poll_s=0.5)
-            assert first.ran == ids and first.ok and sorted(first.submitted) == ids, logs
+            assert sorted(first.ran) == ids and first.ok and sorted(first.submitted) == ids, logs   # any order
             assert all(sid.startswith("rt-") for sid in first.submitted.values())
             for run in sweep.runs():
                 assert (Path(run.run_dir) / "summary.json").is_file()
@@ -80,6 +82,3 @@ def test_sweep_as_ray_jobs_completes_skips_and_reports_failures(tmp_path, tmp_pa
             assert len(failure) == 1 and "FAILED (exit 1)" in failure[0], logs
             assert f"loading {new_id}" in failure[0] and "boom: disk full" in failure[0]   # the log tail
             assert not (Path(grown.runs()[2].run_dir) / "summary.json").exists()
-    finally:
-        if env_before is not None:
-            os.environ["RAY_AUTH_MODE"] = env_before

@@ -1,4 +1,4 @@
-"""`ray job submit` of launchers/tokenize.py against a real Ray head started by the test:
+"""`ray job submit` of launchers/pretokenize.py against a real Ray head started by the test:
 127.0.0.1 only, private temp dir, every process it started stopped by PID afterwards."""
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +28,14 @@ def test_ray_job_submit_tokenizes_on_the_cluster(ray_head, demo_images, tmp_path
     from mvar_dist.tokenizer import MultiScaleVQVAE
 
     dest = tmp_path / "shards"
-    entry = [sys.executable, str(REPO / "launchers" / "tokenize.py"), "--config", "mvar_tiny", "--source",
+    entry = [sys.executable, str(REPO / "launchers" / "pretokenize.py"), "--config", "mvar_tiny", "--source",
              str(demo_images), "--dest", str(dest), "--images-per-shard", "20", "--batch-size", "16"]
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    out = subprocess.run([RAY, "job", "submit", "--address", ray_head, "--", *entry], env=env, capture_output=True,
-                         text=True, timeout=420)
+    with pytest.raises(urllib.error.HTTPError) as refused:   # the head enforces its token auth
+        urllib.request.urlopen(f"{ray_head.url}/api/jobs/", timeout=30)
+    assert refused.value.code == 401
+    env = {**os.environ, **ray_head.auth}   # the head's token, passed explicitly (RAY_AUTH_MODE/RAY_AUTH_TOKEN)
+    out = subprocess.run([RAY, "job", "submit", "--address", ray_head.url, "--", *entry], env=env,
+                         capture_output=True, text=True, timeout=420)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert "succeeded" in out.stdout and "[tokenize] done: 80 rows from 40 images" in out.stdout
     assert verify(str(dest)) == []

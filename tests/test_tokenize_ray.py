@@ -16,6 +16,7 @@ from PIL import Image
 from mvar_dist.config import load_config
 from mvar_dist.data_pipeline import TokenizeOptions, VariantSpec, load_rows, tokenize, verify
 from mvar_dist.data_pipeline.augment import make_variants, to_model_input
+from ray_head import auth_env, client_env
 from s3_utils import moto_s3  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow      # a Ray runtime, a moto server and a subprocess driver
@@ -51,9 +52,11 @@ def ray_address(moto_s3, tmp_path_factory):  # noqa: F811  (moto first: workers 
     import ray
 
     tmp = tmp_path_factory.mktemp("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(tmp), log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    with client_env(auth_env()):   # explicit token auth; the launcher subprocesses inherit it
+        ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(tmp), log_to_driver=False)
+        assert not (Path.home() / ".ray" / "auth_token").exists()   # nothing written to (the private) HOME
+        yield ray.get_runtime_context().gcs_address
+        ray.shutdown()
 
 
 def opts(source, dest, **kw) -> TokenizeOptions:
@@ -147,11 +150,11 @@ def test_s3_run_gives_the_local_rows(local_run, images, tok_cfg, moto_s3, tmp_pa
 
 def test_interrupted_run_resumes_to_exactly_the_clean_rows(ray_address, local_run, images, tok_cfg, tmp_path):
     dest = tmp_path / "shards"
-    env = {**os.environ, "MVAR_TOKENIZE_TEST_EXIT_AFTER_SHARDS": "2"}
-    cmd = [sys.executable, "launchers/tokenize.py", "--config", "mvar_tiny", "--source", str(images), "--dest",
-           str(dest), "--variants", str(K), "--seed", "5", "--images-per-shard", str(PER_SHARD), "--batch-size", "16",
-           "--address", ray_address]
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    # the launcher's command line, with a hook that kills the driver after 2 shards (exit code 75)
+    cmd = [sys.executable, "tests/pretokenize_killed_after.py", "2", "--config", "mvar_tiny", "--source", str(images),
+           "--dest", str(dest), "--variants", str(K), "--seed", "5", "--images-per-shard", str(PER_SHARD),
+           "--batch-size", "16", "--address", ray_address]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 75, out.stdout + out.stderr
     # killed mid-way: two finished shards, a half-written temp file, and no manifest
     assert len(list(dest.glob("*.parquet"))) == 2 == len(list(dest.glob("_progress/shard-*.json")))

@@ -1,4 +1,5 @@
-"""MultiScaleVQVAE against the official-code parity fixture A (../shared/fixtures/vqvae_ch32_v1024)."""
+"""MultiScaleVQVAE against the official-code parity fixture A (../shared/fixtures/vqvae_ch32_v1024): the
+extended parity run, skipped without it; test_parity_small.py is the default-suite run."""
 from __future__ import annotations
 
 import pytest

@@ -23,6 +23,7 @@ from s3_utils import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "launchers" / "train.py"
+NAN_STEPS_LAUNCHER = REPO / "tests" / "train_with_nan_steps.py"  # the launcher with a NaN-loss hook
 MAX_STEPS = 12
 COMMON = ["--config", "mvar_tiny", f"optim.max_steps={MAX_STEPS}", "optim.tblr=0.05", "ckpt.every_steps=4",
           "ckpt.keep_last=2", "data.val_fraction=0.3", "log.val_every=4"]
@@ -30,23 +31,23 @@ COMMON = ["--config", "mvar_tiny", f"optim.max_steps={MAX_STEPS}", "optim.tblr=0
 pytestmark = pytest.mark.slow
 
 
-def _cmd(nproc: int, args) -> list:
+def _cmd(nproc: int, args, script: Path = LAUNCHER) -> list:
     if nproc == 1:
-        return [sys.executable, str(LAUNCHER), *args]
+        return [sys.executable, str(script), *args]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(LAUNCHER), *args]
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script), *args]
 
 
 def _env(extra=None) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_EXTENSIONS_DIR=str(REPO / ".torch_extensions"),
                PYTHONWARNINGS="ignore")
-    env.pop("MVAR_FAULT_NAN_STEPS", None)
     env.update(extra or {})
     return env
 
 
-def run_train(nproc: int, args, extra_env=None, timeout=400) -> subprocess.CompletedProcess:
-    return subprocess.run(_cmd(nproc, args), cwd=REPO, env=_env(extra_env), capture_output=True, text=True,
+def run_train(nproc: int, args, extra_env=None, timeout=400,
+              script: Path = LAUNCHER) -> subprocess.CompletedProcess:
+    return subprocess.run(_cmd(nproc, args, script), cwd=REPO, env=_env(extra_env), capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -223,9 +224,9 @@ def test_resume_on_one_rank_from_two_rank_checkpoint(reference, shards, tmp_path
 
 def test_nan_guard_skips_then_stops_bf16(shards, tmp_path):
     out = tmp_path / "d"
-    p = run_train(1, ["--config", "mvar_tiny", f"data.shards={shards}", f"out_dir={out}", "optim.max_steps=8",
-                      "optim.precision=bf16", "optim.max_bad_steps=2", "ckpt.every_steps=1", "ckpt.keep_last=10"],
-                  extra_env={"MVAR_FAULT_NAN_STEPS": "2,4,5"})
+    p = run_train(1, ["2,4,5", "--config", "mvar_tiny", f"data.shards={shards}", f"out_dir={out}",
+                      "optim.max_steps=8", "optim.precision=bf16", "optim.max_bad_steps=2", "ckpt.every_steps=1",
+                      "ckpt.keep_last=10"], script=NAN_STEPS_LAUNCHER)
     assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
     assert "2 consecutive steps had non-finite loss" in p.stderr
     recs = {r["step"]: r for r in _jsonl(out / "metrics.jsonl")}

@@ -45,7 +45,7 @@ def find_config(name_or_path: PathLike) -> Path:
     raise ConfigError("config", f"no config file '{name_or_path}' (presets: {', '.join(list_presets())})")
 
 
-def _read_yaml_tree(path: Path, seen: tuple = ()) -> Dict[str, Any]:
+def read_yaml_tree(path: Path, seen: tuple = ()) -> Dict[str, Any]:
     if path in seen:
         raise ConfigError("base", f"circular base chain: {' -> '.join(map(str, seen + (path,)))}")
     with open(path) as f:
@@ -58,13 +58,13 @@ def _read_yaml_tree(path: Path, seen: tuple = ()) -> Dict[str, Any]:
     base_path = path.parent / base
     if not base_path.is_file():
         base_path = find_config(base)
-    return _deep_merge(_read_yaml_tree(base_path, seen + (path,)), data)
+    return deep_merge(read_yaml_tree(base_path, seen + (path,)), data)
 
 
-def _deep_merge(a: Dict[str, Any], b: Mapping[str, Any]) -> Dict[str, Any]:
+def deep_merge(a: Dict[str, Any], b: Mapping[str, Any]) -> Dict[str, Any]:
     out = dict(a)
     for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
     return out
 
 
@@ -75,7 +75,11 @@ def parse_overrides(overrides: Iterable[str]) -> Dict[str, Any]:
         if "=" not in item:
             raise ConfigError(item, "override must look like section.key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            raise ConfigError(key.strip(),
+                              f"value {raw!r} is not valid YAML (quote it: {key.strip()}='\"{raw}\"')") from None
         node = tree
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -119,7 +123,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     return value
 
 
-def _apply(obj: Any, data: Mapping[str, Any], prefix: str = "") -> None:
+def apply_mapping(obj: Any, data: Mapping[str, Any], prefix: str = "") -> None:
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for k, v in data.items():
@@ -130,20 +134,20 @@ def _apply(obj: Any, data: Mapping[str, Any], prefix: str = "") -> None:
         if dataclasses.is_dataclass(cur):
             if not isinstance(v, Mapping):
                 raise ConfigError(key, f"expected a mapping of {type(cur).__name__} fields, got {v!r}")
-            _apply(cur, v, f"{key}.")
+            apply_mapping(cur, v, f"{key}.")
         else:
             setattr(obj, k, _coerce(key, v, hints[k]))
 
 
 def build_config(data: Mapping[str, Any], overrides: Iterable[str] = ()) -> RunConfig:
     cfg = RunConfig()
-    _apply(cfg, _deep_merge(dict(data), parse_overrides(overrides)))
+    apply_mapping(cfg, deep_merge(dict(data), parse_overrides(overrides)))
     return cfg.resolve()
 
 
 def load_config(name_or_path: Optional[PathLike] = None, overrides: Iterable[str] = ()) -> RunConfig:
     """Load a YAML preset/file (or the defaults when None), apply overrides, resolve and validate."""
-    data = _read_yaml_tree(find_config(name_or_path).resolve()) if name_or_path else {}
+    data = read_yaml_tree(find_config(name_or_path).resolve()) if name_or_path else {}
     return build_config(data, overrides)
 
 

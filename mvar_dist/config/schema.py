@@ -14,6 +14,29 @@ from .errors import ConfigError
 DEFAULT_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 
 
+@dataclass(frozen=True)
+class ArchSpec:
+    """What the architecture name decides, resolved once (docs/model.md, "Architectures")."""
+    name: str
+    ada_chunks: int     # AdaLN rows per block: (gamma, scale, shift) per gated branch
+    mask: str           # attention mask kind: "intra" (block-diagonal) or "causal" (block-causal)
+    has_mamba: bool     # a Mamba2 branch between attention and the FFN
+
+    @property
+    def branches(self) -> int:
+        return self.ada_chunks // 3
+
+
+ARCHS = {"mvar": ArchSpec("mvar", ada_chunks=9, mask="intra", has_mamba=True),
+         "var": ArchSpec("var", ada_chunks=6, mask="causal", has_mamba=False)}
+
+
+def arch_spec(arch: str) -> ArchSpec:
+    if arch not in ARCHS:
+        raise ConfigError("model.arch", f"unknown architecture {arch!r}; choose from {sorted(ARCHS)}")
+    return ARCHS[arch]
+
+
 @dataclass
 class ModelConfig:
     arch: str = "mvar"              # "mvar" (intra-scale attention + Mamba2) or "var" (block-causal attention)
@@ -24,7 +47,7 @@ class ModelConfig:
     num_classes: int = 1000         # class labels; index num_classes is the CFG null class
     attn_l2_norm: bool = True       # L2-normalised q/k with a learned per-head scale (False for the d16/d20 M-VAR checkpoints)
     drop_path_rate: float = -1.0    # max stochastic depth; -1 = 0.1 * depth / 24 as in the official builder
-    cond_drop_rate: float = 0.1     # label dropout probability for classifier-free guidance (training mode only)
+    cond_drop_rate: float = 0.1     # label dropout probability for classifier-free guidance (applied by the trainer)
     norm_eps: float = 1e-6          # LayerNorm epsilon
     d_state: int = 64               # Mamba2 SSM state size (M-VAR only)
     d_conv: int = 4                 # Mamba2 causal depthwise conv width (M-VAR only)
@@ -42,14 +65,18 @@ class ModelConfig:
             self.drop_path_rate = 0.1 * self.depth / 24
         return self
 
+    @property
+    def spec(self) -> ArchSpec:
+        return arch_spec(self.arch)
+
     def validate(self) -> None:
-        _one_of("model.arch", self.arch, ("mvar", "var"))
+        spec = self.spec
         _one_of("model.init_gamma3", self.init_gamma3, ("official", "fixed"))
         _positive("model.depth", self.depth)
         _positive("model.num_classes", self.num_classes)
         if self.width % self.num_heads:
             raise ConfigError("model.width", f"width {self.width} is not divisible by num_heads {self.num_heads}")
-        if self.arch == "mvar" and (self.expand * self.width) % self.mamba_headdim:
+        if spec.has_mamba and (self.expand * self.width) % self.mamba_headdim:
             raise ConfigError("model.mamba_headdim",
                               f"Mamba2 inner width {self.expand * self.width} is not divisible by headdim {self.mamba_headdim}")
         if not 0.0 <= self.cond_drop_rate < 1.0:
@@ -162,10 +189,22 @@ class CheckpointConfig:
     keep_every: int = 0             # additionally keep every M-th step forever (0 = none)
     resume: str = "auto"            # "auto" = newest complete checkpoint, "none", or a checkpoint path
     export_dtype: str = "bf16"      # dtype of the consolidated model.safetensors: "bf16", "fp32" or "none"
+    verify: str = "hash"            # check files against the marker before loading: "hash" (size + sha256) or "size"
+    max_fallback_steps: int = -1    # --resume auto may skip damaged checkpoints back this many steps; -1 = every_steps
+    allow_fallback: bool = False    # true: fall back past damaged checkpoints however far (max_fallback_steps ignored)
+    stage_dir: str = ""             # node-local staging of an s3:// dir (uploads, downloads); "" = <out_dir>/ckpt_stage
 
     def validate(self) -> None:
         _positive("ckpt.every_steps", self.every_steps)
         _positive("ckpt.keep_last", self.keep_last)
+        _one_of("ckpt.verify", self.verify, ("hash", "size"))
+        if self.max_fallback_steps < -1:
+            raise ConfigError("ckpt.max_fallback_steps", f"must be >= -1, got {self.max_fallback_steps}")
+
+    @property
+    def fallback_limit(self) -> int:
+        """Steps --resume auto may fall back over damaged checkpoints without allow_fallback."""
+        return self.every_steps if self.max_fallback_steps < 0 else self.max_fallback_steps
 
 
 @dataclass
@@ -180,7 +219,7 @@ class LoggingConfig:
 @dataclass
 class EvalConfig:
     num_per_class: int = 50         # samples per class (50 x 1000 = the standard 50k)
-    cfg: float = 1.5                # classifier-free guidance at the last scale (ramped from 0)
+    cfg_scale: float = 1.5          # classifier-free guidance scale at the last scale (ramped from 0)
     top_k: int = 900                # top-k filter before top-p
     top_p: float = 0.96             # nucleus filter
     seed: int = 0                   # base sampling seed; image i uses a seed derived from (seed, i)

@@ -3,7 +3,7 @@
 Names are imported lazily so that `mvar_dist.data.shards` stays light for the tokenisation job."""
 from importlib import import_module
 
-_EXPORTS = {"TokenLoader": ".loader", "ShardError": ".io", "read_manifest": ".io"}
+_EXPORTS = {"TokenLoader": ".loader", "LoaderSettings": ".loader", "ShardError": ".io", "read_manifest": ".io"}
 __all__ = sorted(_EXPORTS)
 
 

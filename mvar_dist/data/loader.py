@@ -17,6 +17,7 @@ import threading
 import traceback
 import warnings
 import weakref
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -26,22 +27,80 @@ from .io import ShardStore, ShardError, check_shards_present, read_manifest, spl
 from .order import EpochPlan
 
 
-def _open_store(s: Dict[str, Any]) -> ShardStore:
-    return ShardStore(s["uri"], s["manifest"], s["storage_options"], s["cache_dir"], s["split"], s["val_fraction"],
-                      s["vocab_size"], s["cache_bytes"], verify_sha256=s["verify_sha256"])
+@dataclass(frozen=True)
+class LoaderSettings:
+    """Everything a TokenLoader is configured with; validated on construction."""
+
+    shards_uri: str                     # local dir or s3:// prefix holding manifest.json + shards
+    global_batch: int                   # images per global batch, split evenly over the ranks
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0                       # with the epoch, fixes the global order
+    patch_nums: Optional[Tuple[int, ...]] = None  # checked against the manifest (None: the manifest's)
+    tokenizer_hash: Optional[str] = None          # checked against the manifest when given
+    vocab_size: Optional[int] = None              # token ids must be below it when given
+    num_workers: int = 0                # loader worker processes (0: a read-ahead thread)
+    shuffle_window: int = 4096          # images shuffled together (see order.py)
+    cache_dir: Optional[str] = None     # local copy of remote shards
+    split: str = "train"                # "train" or "val" (the held-out fraction)
+    val_fraction: float = 0.0
+    storage_options: Optional[Dict[str, Any]] = None  # fsspec options for s3://
+    shuffle: bool = True
+    prefetch: int = 2                   # batches built ahead of the consumer
+    cache_bytes: int = 256 << 20        # decoded row-group cache per process
+    verify_sha256: bool = True          # hash each shard once before reading it
+
+    def __post_init__(self) -> None:
+        if self.global_batch <= 0:
+            raise ValueError(f"global_batch must be > 0, got {self.global_batch}")
+        if self.world_size <= 0 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is not in [0, world_size={self.world_size})")
+        if self.global_batch % self.world_size:
+            raise ValueError(f"global_batch {self.global_batch} is not divisible by world_size {self.world_size}: "
+                             f"each rank takes an equal slice of every global batch")
+        if self.split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {self.split!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.split == "val" and self.val_fraction <= 0.0:
+            raise ValueError("split='val' needs val_fraction > 0 (the held-out fraction of images)")
+        if self.num_workers < 0 or self.shuffle_window < 1 or self.prefetch < 1:
+            raise ValueError(f"need num_workers >= 0, shuffle_window >= 1, prefetch >= 1; got {self.num_workers}, "
+                             f"{self.shuffle_window}, {self.prefetch}")
+        if self.patch_nums is not None:
+            object.__setattr__(self, "patch_nums", tuple(self.patch_nums))
+        object.__setattr__(self, "shards_uri", self.shards_uri.rstrip("/"))
+
+    @classmethod
+    def from_config(cls, cfg, rank: int = 0, world_size: int = 1, split: str = "train",
+                    tokenizer_hash: Optional[str] = None, global_batch: Optional[int] = None) -> "LoaderSettings":
+        """From a resolved RunConfig (data.*, optim.global_batch, tokenizer.patch_nums/vocab_size, seed)."""
+        d = cfg.data
+        return cls(d.shards, global_batch or cfg.optim.global_batch, rank, world_size, cfg.seed,
+                   patch_nums=cfg.tokenizer.patch_nums, tokenizer_hash=tokenizer_hash,
+                   vocab_size=cfg.tokenizer.vocab_size, num_workers=d.num_workers, shuffle_window=d.shuffle_window,
+                   cache_dir=d.cache_dir or None, split=split, val_fraction=d.val_fraction)
+
+    @property
+    def local_batch(self) -> int:
+        return self.global_batch // self.world_size
 
 
-def _batch_positions(s: Dict[str, Any], start: int, k: int) -> np.ndarray:
+def _open_store(s: LoaderSettings, manifest) -> ShardStore:
+    return ShardStore(s.shards_uri, manifest, s.storage_options, s.cache_dir, s.split, s.val_fraction,
+                      s.vocab_size, s.cache_bytes, verify_sha256=s.verify_sha256)
+
+
+def _batch_positions(s: LoaderSettings, start: int, k: int) -> np.ndarray:
     """Global positions of this rank's slice of the k-th batch of a pass starting at `start`."""
-    per_rank = s["global_batch"] // s["world_size"]
-    first = start + k * s["global_batch"] + s["rank"] * per_rank
-    return np.arange(first, first + per_rank)
+    first = start + k * s.global_batch + s.rank * s.local_batch
+    return np.arange(first, first + s.local_batch)
 
 
-def _owner(s: Dict[str, Any], k: int, n_workers: int) -> int:
+def _owner(s: LoaderSettings, k: int, n_workers: int) -> int:
     # Runs of about one shuffle window of batches go to the same worker: a window's batches all draw
     # from the same row groups, so workers mostly decode disjoint row groups instead of all of them.
-    run = max(1, s["window"] // s["global_batch"])
+    run = max(1, s.shuffle_window // s.global_batch)
     return (k // run) % n_workers
 
 
@@ -63,10 +122,23 @@ def assemble_np(store: ShardStore, plan: EpochPlan, counts: Sequence[int],
     return labels_B, tokens_BL
 
 
-def assemble(store: ShardStore, plan: EpochPlan, counts: Sequence[int],
-             positions: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Global positions -> (labels_B int64, tokens_BL int64) in position order."""
-    return _as_tensors(*assemble_np(store, plan, counts, positions))
+@dataclass(frozen=True)
+class _Source:
+    """What building a batch needs, sent once to each worker: the settings, the manifest and the
+    split's image count per shard."""
+
+    settings: LoaderSettings
+    manifest: Any
+    counts: Tuple[int, ...]
+
+    def open_store(self) -> ShardStore:
+        return _open_store(self.settings, self.manifest)
+
+    def plan(self, epoch: int) -> EpochPlan:
+        return EpochPlan(self.settings.seed, epoch, self.counts, self.settings.shuffle_window, self.settings.shuffle)
+
+    def batch(self, store: ShardStore, plan: EpochPlan, start: int, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        return assemble_np(store, plan, self.counts, _batch_positions(self.settings, start, k))
 
 
 def _as_tensors(labels_B: np.ndarray, tokens_BL: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -140,7 +212,7 @@ def _wait_for_job(tasks, parent_pid: int):
     return tasks.recv()
 
 
-def _worker_main(worker: int, n_workers: int, spec: Dict[str, Any], tasks, results, parent_pid: int) -> None:
+def _worker_main(worker: int, n_workers: int, source: _Source, tasks, results, parent_pid: int) -> None:
     """One worker: a ShardStore (open files, indexes, row-group cache) kept for the process's life.
 
     Jobs are (generation, epoch, start, n_batches); a newer job pre-empts the current one between
@@ -155,16 +227,16 @@ def _worker_main(worker: int, n_workers: int, spec: Dict[str, Any], tasks, resul
                 return
             gen, epoch, start, n_batches = job
             job = None
-            plan = EpochPlan(spec["seed"], epoch, spec["counts"], spec["window"], spec["shuffle"])
+            plan = source.plan(epoch)
             for k in range(n_batches):
-                if _owner(spec, k, n_workers) != worker:
+                if _owner(source.settings, k, n_workers) != worker:
                     continue
                 if tasks.poll():
                     job = tasks.recv()
                     break
                 try:
-                    store = store or _open_store(spec)
-                    item = ("batch", gen, k, assemble_np(store, plan, spec["counts"], _batch_positions(spec, start, k)))
+                    store = store or source.open_store()
+                    item = ("batch", gen, k, source.batch(store, plan, start, k))
                 except Exception as e:
                     item = ("error", gen, k, _picklable(e, worker))
                 while job is None:
@@ -213,16 +285,16 @@ class _WorkerPool:
     Batch k of a pass comes only from its owner's queue, in order; queues hold up to one run of
     batches plus `prefetch`, so a worker builds its next run while the main process consumes another's."""
 
-    def __init__(self, n: int, spec: Dict[str, Any], prefetch: int):
+    def __init__(self, n: int, source: _Source):
         # fork: workers inherit the imported pyarrow (~1 s each to import otherwise), like torch's DataLoader
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        self.n, self.spec, self.gen = n, spec, 0
-        depth = prefetch + max(1, spec["window"] // spec["global_batch"])
+        self.n, self.settings, self.gen = n, source.settings, 0
+        depth = self.settings.prefetch + max(1, self.settings.shuffle_window // self.settings.global_batch)
         self.procs, self.conns, self.queues = [], [], []
         for worker in range(n):
             recv, send = ctx.Pipe(duplex=False)
             results = ctx.Queue(maxsize=depth)
-            p = ctx.Process(target=_worker_main, args=(worker, n, spec, recv, results, os.getpid()),
+            p = ctx.Process(target=_worker_main, args=(worker, n, source, recv, results, os.getpid()),
                             name=f"token-loader-worker-{worker}", daemon=True)
             self.procs.append(p)
             self.conns.append(send)
@@ -251,7 +323,7 @@ class _WorkerPool:
             raise RuntimeError("the TokenLoader's workers were closed while this pass was in progress")
         if gen != self.gen:
             raise RuntimeError("this pass over the TokenLoader was superseded by a newer iter(loader)")
-        owner = _owner(self.spec, k, self.n)
+        owner = _owner(self.settings, k, self.n)
         while True:
             try:
                 kind, item_gen, item_k, payload = self.queues[owner].get(timeout=_POLL_S)
@@ -280,62 +352,32 @@ class TokenLoader:
     by itself, so no set_epoch() is needed. State is updated as each batch is handed out.
     """
 
-    def __init__(self, shards_uri: str, global_batch: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 patch_nums: Optional[Sequence[int]] = None, tokenizer_hash: Optional[str] = None,
-                 vocab_size: Optional[int] = None, num_workers: int = 0, shuffle_window: int = 4096,
-                 cache_dir: Optional[str] = None, split: str = "train", val_fraction: float = 0.0,
-                 storage_options: Optional[Dict[str, Any]] = None, shuffle: bool = True, prefetch: int = 2,
-                 cache_bytes: int = 256 << 20, verify_sha256: bool = True):
-        if global_batch <= 0:
-            raise ValueError(f"global_batch must be > 0, got {global_batch}")
-        if world_size <= 0 or not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-        if global_batch % world_size:
-            raise ValueError(f"global_batch {global_batch} is not divisible by world_size {world_size}: "
-                             f"each rank takes an equal slice of every global batch")
-        if split not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        if split == "val" and val_fraction <= 0.0:
-            raise ValueError("split='val' needs val_fraction > 0 (the held-out fraction of images)")
-        if num_workers < 0 or shuffle_window < 1 or prefetch < 1:
-            raise ValueError(f"need num_workers >= 0, shuffle_window >= 1, prefetch >= 1; got {num_workers}, "
-                             f"{shuffle_window}, {prefetch}")
+    def __init__(self, settings: LoaderSettings):
         import pyarrow.compute  # noqa: F401  imported here so forked workers inherit them
         import pyarrow.parquet  # noqa: F401
 
-        self.uri = shards_uri.rstrip("/")
-        self.global_batch, self.rank, self.world_size, self.seed = global_batch, rank, world_size, seed
-        self.num_workers, self.prefetch, self.split = num_workers, prefetch, split
-        self.manifest = read_manifest(self.uri, storage_options)
-        self.manifest.check_compatible(patch_nums if patch_nums is not None else self.manifest.patch_nums,
-                                       tokenizer_hash, vocab_size)
-        self._store = ShardStore(self.uri, self.manifest, storage_options, cache_dir, split, val_fraction,
-                                 vocab_size, cache_bytes, verify_sha256=verify_sha256)
-        check_shards_present(self._store.fs, self._store.root, self.manifest, self.uri)
+        self.settings = s = settings
+        self.manifest = read_manifest(s.shards_uri, s.storage_options)
+        self.manifest.check_compatible(s.patch_nums if s.patch_nums is not None else self.manifest.patch_nums,
+                                       s.tokenizer_hash, s.vocab_size)
+        self._store = _open_store(s, self.manifest)
+        check_shards_present(self._store.fs, self._store.root, self.manifest, s.shards_uri)
         self.counts = list(split_counts(self._store, self.manifest.variants.get("count")))
         self.num_samples = int(sum(self.counts))
-        if self.num_samples < global_batch:
-            raise ValueError(f"the {split} split of {self.uri} has {self.num_samples} images, fewer than one "
-                             f"global batch of {global_batch}")
-        self._spec = dict(uri=self.uri, manifest=self.manifest, storage_options=storage_options,
-                          cache_dir=cache_dir, split=split, val_fraction=val_fraction, vocab_size=vocab_size,
-                          cache_bytes=cache_bytes, seed=seed, counts=self.counts, window=shuffle_window,
-                          shuffle=shuffle, global_batch=global_batch, rank=rank, world_size=world_size,
-                          prefetch=prefetch, verify_sha256=verify_sha256)
+        if self.num_samples < s.global_batch:
+            raise ValueError(f"the {s.split} split of {s.shards_uri} has {self.num_samples} images, fewer than one "
+                             f"global batch of {s.global_batch}")
+        self._source = _Source(s, self.manifest, tuple(self.counts))
         self.epoch, self.samples_consumed = 0, 0
         self._pool: Optional[_WorkerPool] = None  # started by the first pass with num_workers > 0
 
-    @classmethod
-    def from_config(cls, cfg, rank: int = 0, world_size: int = 1, split: str = "train",
-                    tokenizer_hash: Optional[str] = None, global_batch: Optional[int] = None) -> "TokenLoader":
-        """From a resolved RunConfig (data.*, optim.global_batch, tokenizer.patch_nums/vocab_size, seed)."""
-        d = cfg.data
-        return cls(d.shards, global_batch or cfg.optim.global_batch, rank, world_size, cfg.seed,
-                   patch_nums=cfg.tokenizer.patch_nums, tokenizer_hash=tokenizer_hash,
-                   vocab_size=cfg.tokenizer.vocab_size, num_workers=d.num_workers, shuffle_window=d.shuffle_window,
-                   cache_dir=d.cache_dir or None, split=split, val_fraction=d.val_fraction)
+    @property
+    def global_batch(self) -> int:
+        return self.settings.global_batch
+
+    @property
+    def seed(self) -> int:
+        return self.settings.seed
 
     @property
     def steps_per_epoch(self) -> int:
@@ -346,7 +388,7 @@ class TokenLoader:
 
     @property
     def local_batch(self) -> int:
-        return self.global_batch // self.world_size
+        return self.settings.local_batch
 
     def _roll_over_if_done(self) -> None:
         if self.samples_consumed + self.global_batch > self.num_samples:
@@ -355,12 +397,10 @@ class TokenLoader:
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         self._roll_over_if_done()
         n_batches = (self.num_samples - self.samples_consumed) // self.global_batch
-        if self.num_workers == 0:
-            plan = EpochPlan(self.seed, self.epoch, self.counts, self._spec["window"], self._spec["shuffle"])
-            start = self.samples_consumed
-            batches = _read_ahead(lambda k: assemble(self._store, plan, self.counts,
-                                                     _batch_positions(self._spec, start, k)),
-                                  range(n_batches), self.prefetch)
+        if self.settings.num_workers == 0:
+            plan, start = self._source.plan(self.epoch), self.samples_consumed
+            batches = _read_ahead(lambda k: _as_tensors(*self._source.batch(self._store, plan, start, k)),
+                                  range(n_batches), self.settings.prefetch)
         else:
             batches = self._from_workers(n_batches)
         try:
@@ -373,7 +413,7 @@ class TokenLoader:
 
     def _from_workers(self, n_batches: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         if self._pool is None:
-            self._pool = _WorkerPool(self.num_workers, self._spec, self.prefetch)
+            self._pool = _WorkerPool(self.settings.num_workers, self._source)
         pool = self._pool
         try:
             gen = pool.submit(self.epoch, self.samples_consumed, n_batches)
@@ -417,8 +457,8 @@ class TokenLoader:
             raise ValueError(f"loader state was saved with seed {state['seed']}, this loader has seed {self.seed}: "
                              f"the data order would not continue")
         if "num_samples" in state and int(state["num_samples"]) != self.num_samples:
-            raise ValueError(f"loader state was saved on a {self.split} split of {state['num_samples']} images, "
-                             f"this dataset has {self.num_samples}: not the same data")
+            raise ValueError(f"loader state was saved on a {self.settings.split} split of {state['num_samples']} "
+                             f"images, this dataset has {self.num_samples}: not the same data")
         epoch, consumed = int(state["epoch"]), int(state["samples_consumed"])
         if epoch < 0 or not 0 <= consumed <= self.num_samples:
             raise ValueError(f"invalid loader state epoch={epoch}, samples_consumed={consumed}")

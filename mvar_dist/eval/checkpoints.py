@@ -2,23 +2,26 @@
 
 Layout (the trainer's): `<run>/checkpoints/step_XXXXXXXX/{model.safetensors, config.yaml, meta.json, COMPLETE}`.
 A root may be a run folder, its `checkpoints/` folder, or a folder of runs. Only folders whose `COMPLETE`
-marker exists are returned; the marker is written last, so what it guards is whole.
+marker exists are returned; the marker is written last, so what it guards is whole. The marker also lists
+every file's size and sha256: `verify` checks the files the service reads against it, so a file damaged
+after the save is caught before sampling.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
-from mvar_dist.fsio import is_local, open_fs
+from mvar_dist.fsio import atomic_path, is_local, open_fs
+from mvar_dist.train import manifest as mf
 
-MARKER = "COMPLETE"
-STAGED_FILES = ("model.safetensors", "config.yaml", "meta.json")
+MARKER = mf.MARKER
+READ_FILES = ("model.safetensors", "config.yaml", "meta.json")  # what sampling reads
+STAGED_FILES = READ_FILES + (MARKER,)
 _STEP_RE = re.compile(r"step_(\d{8})$")
 
 
@@ -71,14 +74,24 @@ def stage(ckpt: CheckpointRef, cache_dir) -> Path:
     if all((dst / f).exists() for f in STAGED_FILES):
         return dst
     fs, base = open_fs(ckpt.uri)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in STAGED_FILES:
-        fs.get(f"{base}/{name}", str(tmp / name))
-    shutil.rmtree(dst, ignore_errors=True)
-    os.replace(tmp, dst)
+    with atomic_path(dst, mkdir=True) as tmp:
+        tmp.mkdir(exist_ok=True)  # a leftover of a dead process with this pid is overwritten
+        for name in STAGED_FILES:
+            fs.get(f"{base}/{name}", str(tmp / name))
     return dst
+
+
+def verify(folder, mode: str, names=READ_FILES) -> Optional[str]:
+    """The first of `names` in folder that does not match the marker (size; sha256 in "hash" mode), or None.
+
+    Old markers without a file list pass (as in the trainer)."""
+    return mf.verify_folder(Path(folder), mode, only=names)
+
+
+def drop_staged(ckpt: CheckpointRef, cache_dir) -> None:
+    """Forget a staged copy (a bad download must not be reused); local checkpoints are never touched."""
+    if ckpt.is_remote:
+        shutil.rmtree(Path(cache_dir) / ckpt.id, ignore_errors=True)
 
 
 def read_meta(folder) -> dict:
@@ -115,11 +128,11 @@ def load_model_and_vae(folder, device="cpu", run_cfg=None):
     return model.to(device).eval(), vae.to(device).eval()
 
 
-def sampler_for(folder, cfg: float, top_k: int, top_p: float, more_smooth: bool = False, device="cpu",
+def sampler_for(folder, cfg_scale: float, top_k: int, top_p: float, more_smooth: bool = False, device="cpu",
                 run_cfg=None):
     """The default "images for a checkpoint" step: a SampleFn backed by the checkpoint's model."""
     from .sampling import model_sample_fn
 
     model, vae = load_model_and_vae(folder, device, run_cfg)
-    return model_sample_fn(model, vae, cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
+    return model_sample_fn(model, vae, cfg_scale=cfg_scale, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
 

@@ -5,14 +5,14 @@ memory at once; the result is a plain `np.savez` file (`np.load(path)["arr_0"]`)
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 from PIL import Image
+
+from mvar_dist.fsio import atomic_path
 
 
 def list_pngs(folder) -> List[Path]:
@@ -31,15 +31,8 @@ def load_png(path) -> np.ndarray:
 
 def save_png(arr_HW3: np.ndarray, path) -> None:
     """Write a PNG atomically (temp + rename) so an interrupted run never leaves a half image behind."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         Image.fromarray(np.ascontiguousarray(arr_HW3, dtype=np.uint8)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def pack_folder(folder, out_path, expected: Optional[int] = None) -> int:
@@ -51,11 +44,7 @@ def pack_folder(folder, out_path, expected: Optional[int] = None) -> int:
         raise ValueError(f"{folder}: no PNG files to pack")
     first = load_png(pngs[0])
     shape = (len(pngs),) + first.shape
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=out_path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out_path, mkdir=True) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             with zf.open("arr_0.npy", "w", force_zip64=True) as f:
                 np.lib.format.write_array_header_2_0(
@@ -65,10 +54,6 @@ def pack_folder(folder, out_path, expected: Optional[int] = None) -> int:
                     if img.shape != first.shape:
                         raise ValueError(f"{p}: shape {img.shape} differs from {pngs[0].name} {first.shape}")
                     f.write(img.tobytes())
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return len(pngs)
 
 

@@ -6,8 +6,6 @@ the same layout from an image folder with our Inception.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Optional
@@ -15,7 +13,7 @@ from typing import Dict, Iterable, Optional
 import numpy as np
 import torch
 
-from mvar_dist.fsio import sha256_file
+from mvar_dist.fsio import atomic_path, sha256_file
 
 from .inception import FEATURE_DIM, SPATIAL_CHANNELS, FIDInceptionV3
 from .metrics import gaussian_stats
@@ -100,16 +98,8 @@ def write_reference(out_path, feats: Dict[str, np.ndarray], images: Optional[np.
     arrays = {"mu": mu, "sigma": sigma, "mu_s": mu_s, "sigma_s": sigma_s}
     if images is not None:
         arrays["arr_0"] = images
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out_path, mkdir=True) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def reference_from_folder(net: FIDInceptionV3, folder, out_path, batch_size: int = 50, keep_images: int = 10000,

@@ -10,12 +10,12 @@ import csv
 import fcntl
 import hashlib
 import json
-import os
-import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from mvar_dist.fsio import atomic_path
 
 RESULTS_NAME = "eval_results.csv"
 METRICS_VERSION = "mvar_dist-eval-1"  # bump when a metric's definition changes: old rows stop matching
@@ -25,7 +25,7 @@ METRICS_VERSION = "mvar_dist-eval-1"  # bump when a metric's definition changes:
 class Protocol:
     num_classes: int                # classes sampled (labels 0..num_classes-1)
     num_per_class: int              # images per class (50 for the standard 50k)
-    cfg: float                      # classifier-free guidance at the last scale
+    cfg_scale: float                # classifier-free guidance scale at the last scale
     top_k: int                      # top-k filter (0 = off)
     top_p: float                    # nucleus filter
     more_smooth: bool               # soft Gumbel sampling (visualisation only; False for FID)
@@ -109,13 +109,7 @@ class ResultsTable:
         with self._locked():
             rows = [r for r in self._read() if (r["checkpoint_id"], r["protocol_hash"]) != key]
             rows.append({c: ("" if row.get(c) is None else row[c]) for c in COLUMNS})
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=self.root)
-            try:
-                with os.fdopen(fd, "w", newline="") as f:
-                    w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-                    w.writeheader()
-                    w.writerows(rows)
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(rows)

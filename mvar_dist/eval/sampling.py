@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
+
+from mvar_dist.fsio import write_text_atomic
 
 from .npz import save_png
 
@@ -90,9 +91,7 @@ def _claim_plan(plan: SamplePlan, out_dir: Path) -> None:
             raise ValueError(f"{out_dir} holds samples of another plan {have}, this one is {want}; "
                              "use a fresh folder")
         return
-    tmp = out_dir / f".{PLAN_NAME}.{os.getpid()}"
-    tmp.write_text(json.dumps(want, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(want, indent=1))
 
 
 def generate_samples(sample_fn: SampleFn, plan: SamplePlan, out_dir, rank: Optional[int] = None,
@@ -134,14 +133,15 @@ def to_uint8(img_B3HW: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def model_sample_fn(model, vae, cfg: float, top_k: int, top_p: float, more_smooth: bool = False) -> SampleFn:
-    """Adapter from `MVAR.sample(vae, labels, cfg, top_k, top_p, more_smooth, seeds_B)` to a SampleFn."""
+def model_sample_fn(model, vae, cfg_scale: float, top_k: int, top_p: float,
+                    more_smooth: bool = False) -> SampleFn:
+    """Adapter from `MVAR.sample(vae, labels, cfg_scale, top_k, top_p, more_smooth, seeds_B)` to a SampleFn."""
     device = next(model.parameters()).device
 
     @torch.no_grad()
     def fn(labels_B: torch.Tensor, seeds_B: torch.Tensor) -> np.ndarray:
-        _, img = model.sample(vae, labels_B.to(device), cfg=cfg, top_k=top_k, top_p=top_p, seeds_B=seeds_B,
-                              more_smooth=more_smooth)
+        _, img = model.sample(vae, labels_B.to(device), cfg_scale=cfg_scale, top_k=top_k, top_p=top_p,
+                              seeds_B=seeds_B, more_smooth=more_smooth)
         return to_uint8(img)
 
     return fn

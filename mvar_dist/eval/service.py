@@ -2,7 +2,9 @@
 
 Each pass lists the complete checkpoints under every root, and for each one whose (checkpoint id, protocol hash)
 is not yet in the results table: samples the class-balanced set (resuming a half-done folder), computes the
-metrics, writes one row and TensorBoard scalars. Restarting repeats nothing: finished rows are skipped and
+metrics, writes one row and TensorBoard scalars. A checkpoint whose files do not match its marker is skipped
+and reported (log and `<work_dir>/damaged.json`), and the others are evaluated; it is looked at again each
+pass, so a repaired one is picked up. Restarting repeats nothing: finished rows are skipped and
 existing PNGs are reused. The protocol includes the reference and Inception hashes, so adding weights later
 re-evaluates (with the samples already on disk) instead of mixing numbers from two protocols.
 """
@@ -16,9 +18,9 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from .checkpoints import CheckpointRef, find_checkpoints, load_run_config, sampler_for, stage
+from .checkpoints import CheckpointRef, drop_staged, find_checkpoints, load_run_config, sampler_for, stage, verify
 from .evaluate import Evaluator
-from mvar_dist.fsio import sha256_file
+from mvar_dist.fsio import sha256_file, write_json_atomic
 from .npz import pack_folder
 from .results import Protocol, ResultsTable
 from .sampling import SamplePlan, SampleFn, generate_samples
@@ -32,7 +34,7 @@ class ServiceOptions:
     roots: List[str]                    # checkpoint roots: run folders, checkpoints/ folders or folders of runs
     work_dir: str                       # results table, samples, staged remote checkpoints, caches
     num_per_class: int = 50
-    cfg: float = 1.5
+    cfg_scale: float = 1.5
     top_k: int = 900
     top_p: float = 0.96
     more_smooth: bool = False
@@ -44,17 +46,19 @@ class ServiceOptions:
     pack_npz: bool = False              # also write samples.npz (arr_0) beside each sample folder
     tensorboard: bool = True
     poll_s: float = 60.0
+    verify: str = "hash"                # check the files read against the marker: "hash" (sha256) or "size"
     log: Callable[[str], None] = field(default=print, repr=False)
 
     @classmethod
     def from_eval_config(cls, ev, roots: List[str], work_dir: str, **kw) -> "ServiceOptions":
-        """From an EvalConfig section (num_per_class, cfg, top_k, top_p, seed, batch_size, weights, reference)."""
-        names = ("num_per_class", "cfg", "top_k", "top_p", "seed", "batch_size", "inception_weights", "reference_npz")
+        """From an EvalConfig section (num_per_class, cfg_scale, top_k, top_p, seed, batch_size, weights, reference)."""
+        names = ("num_per_class", "cfg_scale", "top_k", "top_p", "seed", "batch_size", "inception_weights",
+                 "reference_npz")
         return cls(roots=roots, work_dir=work_dir, **{n: getattr(ev, n) for n in names}, **kw)
 
 
 def default_sampler_factory(folder: Path, opts: ServiceOptions, run_cfg) -> SampleFn:
-    return sampler_for(folder, opts.cfg, opts.top_k, opts.top_p, opts.more_smooth, opts.device, run_cfg)
+    return sampler_for(folder, opts.cfg_scale, opts.top_k, opts.top_p, opts.more_smooth, opts.device, run_cfg)
 
 
 class EvalService:
@@ -65,13 +69,14 @@ class EvalService:
         self.evaluator = Evaluator(opts.inception_weights, opts.reference_npz, opts.device,
                                    cache_dir=str(self.work / "cache"))
         self.sampler_factory = sampler_factory
+        self.damaged: Dict[str, str] = {}  # checkpoint id -> what is wrong with it, as last seen
         if self.evaluator.status() != "ok":
             opts.log(f"[eval] {self.evaluator.status()}")
 
     # ------------------------------------------------------------------ protocol
     def protocol(self, run_cfg) -> Protocol:
         o = self.opts
-        return Protocol(num_classes=run_cfg.model.num_classes, num_per_class=o.num_per_class, cfg=o.cfg,
+        return Protocol(num_classes=run_cfg.model.num_classes, num_per_class=o.num_per_class, cfg_scale=o.cfg_scale,
                         top_k=o.top_k, top_p=o.top_p, more_smooth=o.more_smooth, seed=o.seed,
                         resolution=run_cfg.tokenizer.resolution,
                         reference_sha256=self.evaluator.reference_sha256,
@@ -94,12 +99,36 @@ class EvalService:
         new_rows = []
         for ckpt in self.pending():
             folder = stage(ckpt, self.work / "staged")
+            # The small files by hash and the model by size first: finished rows then cost no model hash.
+            problem = verify(folder, self.opts.verify, ("config.yaml", "meta.json")) or \
+                verify(folder, "size", ("model.safetensors",))
+            if self.damage(ckpt, problem, final=False):
+                continue
             run_cfg = load_run_config(folder)
             proto = self.protocol(run_cfg)
             if self.table.has(ckpt.id, proto.hash()):
                 continue
-            new_rows.append(self.evaluate(ckpt, folder, run_cfg, proto))
+            if not self.damage(ckpt, verify(folder, self.opts.verify, ("model.safetensors",)), final=True):
+                new_rows.append(self.evaluate(ckpt, folder, run_cfg, proto))
         return new_rows
+
+    def damage(self, ckpt: CheckpointRef, problem: Optional[str], final: bool) -> bool:
+        """Record a verification result; a damaged checkpoint is logged once and listed in damaged.json.
+
+        final: this was the last check, so a clean result clears an earlier report (a repaired checkpoint)."""
+        if problem is None:
+            if final and self.damaged.pop(ckpt.id, None) is not None:
+                self._write_damaged()
+            return False
+        drop_staged(ckpt, self.work / "staged")
+        if self.damaged.get(ckpt.id) != problem:
+            self.damaged[ckpt.id] = problem
+            self.opts.log(f"[eval] {ckpt.id}: skipped, checkpoint step_{ckpt.step:08d} is damaged: {problem}")
+            self._write_damaged()
+        return True
+
+    def _write_damaged(self) -> None:
+        write_json_atomic(self.work / "damaged.json", {k: {"problem": v} for k, v in sorted(self.damaged.items())})
 
     def evaluate(self, ckpt: CheckpointRef, folder: Path, run_cfg, proto: Protocol) -> Dict[str, object]:
         o, t0 = self.opts, time.time()
@@ -165,6 +194,6 @@ class EvalService:
 def _summary(row: Dict[str, object]) -> str:
     parts = [f"{k}={float(row[k]):.4f}" for k in ("fid", "sfid", "inception_score", "precision", "recall")
              if row.get(k) is not None]
-    proto = (f"[{row['num_samples']} samples, {row['num_per_class']}/class, cfg {row['cfg']}, top-k {row['top_k']}, "
+    proto = (f"[{row['num_samples']} samples, {row['num_per_class']}/class, cfg-scale {row['cfg_scale']}, top-k {row['top_k']}, "
              f"top-p {row['top_p']}, seed {row['seed']}, {row['image_format']}, protocol {row['protocol_hash']}]")
     return (" ".join(parts) + " " if parts else "") + proto + (f" {row['note']}" if row.get("note") else "")

@@ -8,7 +8,7 @@ exp(min(scale_mul_1H11, ln 100)), softmax scale 1; without: softmax scale 0.25/s
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, Sequence
 
 import torch
 import torch.nn as nn
@@ -57,14 +57,15 @@ class SelfAttention(nn.Module):
         q, k, v = self._qkv(x_BLC)
         return self._out(scale_attention(q, k, v, self.patch_nums, self.kind, self.softmax_scale))
 
-    def forward_scale(self, x_BlC: torch.Tensor, kv_cache: Optional[Dict[str, torch.Tensor]] = None):
-        """One scale's tokens. M-VAR: attention within them (no mask needed). VAR: `kv_cache` (a dict
-        owned by the caller) gains this scale's k/v and the queries see every cached scale."""
+    def forward_scale(self, x_BlC: torch.Tensor, cache: Dict[str, object]):
+        """One scale's tokens. Intra-scale mask: attention within them (no mask needed, `cache` untouched).
+        Block-causal: `cache` (a dict owned by the caller) gains this scale's k/v and the queries see
+        every cached scale."""
         q, k, v = self._qkv(x_BlC)
-        if kv_cache is not None:
-            if "k" in kv_cache:
-                k = torch.cat([kv_cache["k"], k], dim=2)
-                v = torch.cat([kv_cache["v"], v], dim=2)
-            kv_cache["k"], kv_cache["v"] = k, v
+        if self.kind == "causal":
+            if "k" in cache:
+                k = torch.cat([cache["k"], k], dim=2)
+                v = torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
         o = F.scaled_dot_product_attention(q, k, v, scale=self.softmax_scale)
         return self._out(o)

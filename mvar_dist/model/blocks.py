@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mvar_dist.config import ArchSpec
+
 from .attention import SelfAttention
 from .mamba2 import Mamba2, MambaState
 
@@ -43,16 +45,15 @@ class FFN(nn.Module):
 
 
 class AdaLNBlock(nn.Module):
-    def __init__(self, arch: str, width: int, num_heads: int, mlp_ratio: float, norm_eps: float,
+    def __init__(self, spec: ArchSpec, width: int, num_heads: int, mlp_ratio: float, norm_eps: float,
                  attn_l2_norm: bool, patch_nums: Sequence[int], drop_path: float,
                  d_state: int = 64, d_conv: int = 4, expand: int = 2, mamba_headdim: int = 64):
         super().__init__()
-        self.arch, self.width, self.norm_eps = arch, width, norm_eps
-        self.n_chunks = 9 if arch == "mvar" else 6
+        self.spec, self.width, self.norm_eps = spec, width, norm_eps
+        self.n_chunks = spec.ada_chunks
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(width, self.n_chunks * width))
-        self.attn = SelfAttention(width, num_heads, attn_l2_norm, "intra" if arch == "mvar" else "causal",
-                                  patch_nums)
-        if arch == "mvar":
+        self.attn = SelfAttention(width, num_heads, attn_l2_norm, spec.mask, patch_nums)
+        if spec.has_mamba:
             self.mamba = Mamba2(width, d_state=d_state, d_conv=d_conv, expand=expand, headdim=mamba_headdim)
         self.ffn = FFN(width, round(width * mlp_ratio))
         self.drop_path = DropPath(drop_path)
@@ -65,11 +66,10 @@ class AdaLNBlock(nn.Module):
         return list(self.ada_lin(cond_BD).view(-1, 1, self.n_chunks, self.width).unbind(2))
 
     def _branches(self, mods):
-        if self.arch == "mvar":
-            g1, g2, g3, s1, s2, s3, b1, b2, b3 = mods
-            return (g1, s1, b1), (g2, s2, b2), (g3, s3, b3)
-        g1, g2, s1, s2, b1, b2 = mods
-        return (g1, s1, b1), None, (g2, s2, b2)
+        """(gamma, scale, shift) of the attention, Mamba (None without one) and FFN branches."""
+        n = self.spec.branches
+        branches = list(zip(mods[:n], mods[n:2 * n], mods[2 * n:]))
+        return branches[0], (branches[1] if self.spec.has_mamba else None), branches[-1]
 
     def forward(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         at, mb, ff = self._branches(self.modulation(cond_BD))
@@ -82,8 +82,7 @@ class AdaLNBlock(nn.Module):
         """Sampler step over one scale's tokens (eval mode). `mods` = precomputed `modulation(cond)`;
         `cache` (owned by the sampler) holds VAR's k/v or M-VAR's Mamba state between scales."""
         at, mb, ff = self._branches(mods)
-        kv = cache if self.arch == "var" else None
-        x_BlC = x_BlC + self.attn.forward_scale(self._ln(x_BlC) * (1 + at[1]) + at[2], kv) * at[0]
+        x_BlC = x_BlC + self.attn.forward_scale(self._ln(x_BlC) * (1 + at[1]) + at[2], cache) * at[0]
         if mb is not None:
             state: Optional[MambaState] = cache.get("mamba")
             y, cache["mamba"] = self.mamba(self._ln(x_BlC) * (1 + mb[1]) + mb[2], state, return_state=True)

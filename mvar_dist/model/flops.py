@@ -1,53 +1,91 @@
-"""FLOP counts per image, from the architecture (no tracing): the numerator of MFU.
+"""Parameter and FLOP counts from the architecture's shapes (no model built, no tracing): the one
+count behind `MVAR.flops_per_image` (the numerator of MFU) and `mvar_dist.scaling.params`.
 
-Counted (2 FLOPs per multiply-add): every Linear (word_embed, qkv, proj, fc1, fc2, ada_lin, head_nm,
-head, Mamba in_proj/out_proj), attention scores and weighted values over the pairs the scale mask
-allows (M-VAR intra-scale: Σpn⁴; VAR block-causal), the depthwise causal conv, and the SSD recurrence
-per token and head: decay (P·N) + input outer product (2·P·N, dt folded into x) + state add (P·N) +
-readout S·C (2·P·N) + skip D·x (2·P) = 6·P·N + 2·P. Norms, activations, gates and softmax are left out,
-as is usual for MFU. Training = 3x forward (backward = 2x forward). Sampling = one forward over all
-tokens per CFG half (incremental sampler; the recomputing one does more) + label/AdaLN work once;
-the VQVAE decoder is not counted.
+Every function takes a resolved `ModelConfig` and the tokenizer's sizes (patch_nums, vocab_size,
+z_channels). What is counted is written down in docs/model.md ("FLOPs"): 2 FLOPs per multiply-add
+for every Linear, attention over the pairs the scale mask allows, the depthwise conv and the SSD
+recurrence (6·P·N + 2·P per token and head); norms, activations, gates and softmax are left out, as
+is usual for MFU. Training = 3x forward; sampling = one forward per CFG half (incremental sampler).
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, NamedTuple, Sequence, Tuple
 
 from mvar_dist.ops.attention import attention_pairs
 
 
-def forward_breakdown(model) -> Dict[str, int]:
+class _MambaShape(NamedTuple):
+    d_inner: int
+    nheads: int
+    headdim: int
+    d_state: int
+    d_conv: int
+    conv_dim: int
+    in_proj: int    # in_proj output rows: z, x, B, C (one group) and dt per head
+
+
+def _mamba_shape(m, C: int) -> _MambaShape:
+    d_inner = m.expand * C
+    nheads = d_inner // m.mamba_headdim
+    return _MambaShape(d_inner, nheads, m.mamba_headdim, m.d_state, m.d_conv, d_inner + 2 * m.d_state,
+                       2 * d_inner + 2 * m.d_state + nheads)
+
+
+def _hidden(m) -> int:
+    return round(m.width * m.mlp_ratio)
+
+
+def _block_params(m) -> int:
+    C, hidden, chunks = m.width, _hidden(m), m.spec.ada_chunks
+    attn = 3 * C * C + 2 * C + C * C + C + (m.num_heads if m.attn_l2_norm else 0)  # qkv, q/v bias, proj, scale_mul
+    ffn = C * hidden + hidden + hidden * C + C
+    ada = chunks * C * C + chunks * C
+    if not m.spec.has_mamba:
+        return attn + ffn + ada
+    s = _mamba_shape(m, C)
+    mamba = s.in_proj * C + s.conv_dim * s.d_conv + s.conv_dim  # in_proj (no bias), depthwise conv + bias
+    mamba += 3 * s.nheads + s.d_inner + C * s.d_inner           # dt_bias/A_log/D, norm, out_proj
+    return attn + ffn + ada + mamba
+
+
+def param_counts(m, patch_nums: Sequence[int], vocab_size: int, z_channels: int) -> Tuple[int, int]:
+    """(total, embedding) learnable parameters (buffers excluded); embedding = word/class/position/level
+    embeddings."""
+    C, L, first_l = m.width, sum(p * p for p in patch_nums), patch_nums[0] ** 2
+    embedding = (z_channels * C + C) + (m.num_classes + 1) * C + first_l * C + L * C + len(patch_nums) * C
+    head = (2 * C * C + 2 * C) + (vocab_size * C + vocab_size)  # head_nm ada_lin, head
+    return embedding + head + m.depth * _block_params(m), embedding
+
+
+def forward_breakdown(m, patch_nums: Sequence[int], vocab_size: int, z_channels: int) -> Dict[str, int]:
     """Forward FLOPs per image, split by kind."""
-    C, L, V, Z = model.width, model.L, model.vocab_size, model.z_channels
-    blk = model.blocks[0]
-    hidden = blk.ffn.fc1.out_features
-    n_chunks = blk.n_chunks
-    pairs = attention_pairs(model.patch_nums, "intra" if model.arch == "mvar" else "causal")
-    linear = 2 * (L - model.first_l) * Z * C           # word_embed (scale 0 = class-embedding tokens)
+    C, V, Z, hidden = m.width, vocab_size, z_channels, _hidden(m)
+    L, first_l = sum(p * p for p in patch_nums), patch_nums[0] ** 2
+    linear = 2 * (L - first_l) * Z * C                 # word_embed (scale 0 = class-embedding tokens)
     linear += 2 * C * 2 * C + 2 * L * C * V            # head_nm ada_lin (once per image), head
-    per_block_linear = 2 * C * n_chunks * C            # ada_lin, once per image
+    per_block_linear = 2 * C * m.spec.ada_chunks * C   # ada_lin, once per image
     per_block_linear += 2 * L * C * 3 * C + 2 * L * C * C + 2 * 2 * L * C * hidden
-    attention = 2 * 2 * pairs * C                      # q·k and p·v over all heads
+    attention = 2 * 2 * attention_pairs(patch_nums, m.spec.mask) * C  # q·k and p·v over all heads
     conv = ssd = 0
-    if model.arch == "mvar":
-        m = blk.mamba
-        per_block_linear += 2 * L * C * m.in_proj.out_features + 2 * L * m.d_inner * C
-        conv = 2 * L * m.conv_dim * m.d_conv
-        ssd = L * m.nheads * (6 * m.headdim * m.d_state + 2 * m.headdim)
-    d = model.depth
+    if m.spec.has_mamba:
+        s = _mamba_shape(m, C)
+        per_block_linear += 2 * L * C * s.in_proj + 2 * L * s.d_inner * C
+        conv = 2 * L * s.conv_dim * s.d_conv
+        ssd = L * s.nheads * (6 * s.headdim * s.d_state + 2 * s.headdim)
+    d = m.depth
     return {"linear": linear + d * per_block_linear, "attention": d * attention, "conv": d * conv,
             "ssd": d * ssd}
 
 
-def forward_flops(model) -> int:
-    return sum(forward_breakdown(model).values())
+def forward_flops(m, patch_nums: Sequence[int], vocab_size: int, z_channels: int) -> int:
+    return sum(forward_breakdown(m, patch_nums, vocab_size, z_channels).values())
 
 
-def train_flops(model) -> int:
+def train_flops(m, patch_nums: Sequence[int], vocab_size: int, z_channels: int) -> int:
     """One training step per image: forward + backward (2x forward)."""
-    return 3 * forward_flops(model)
+    return 3 * forward_flops(m, patch_nums, vocab_size, z_channels)
 
 
-def sample_flops(model, cfg: bool = True) -> int:
-    """Incremental sampling per image; with CFG the batch is doubled."""
-    return (2 if cfg else 1) * forward_flops(model)
+def sample_flops(m, patch_nums: Sequence[int], vocab_size: int, z_channels: int, guided: bool = True) -> int:
+    """Incremental sampling per image; with CFG (`guided`) the batch is doubled."""
+    return (2 if guided else 1) * forward_flops(m, patch_nums, vocab_size, z_channels)

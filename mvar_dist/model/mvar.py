@@ -1,4 +1,4 @@
-"""The M-VAR / VAR model family: one class, `arch` picks the block type and the attention mask.
+"""The M-VAR / VAR model family: one class; the config's `ArchSpec` picks the block type and the mask.
 
 Sequence: token 0 = class_emb(label) + pos_start, tokens 1..L-1 = word_embed(teacher input); all get
 lvl_embed(scale) + pos_1LC. Logits at scale si's positions predict scale si's ids. Parameter names
@@ -32,13 +32,12 @@ class MVAR(nn.Module):
         cfg = dataclasses.replace(model_cfg).resolve()
         cfg.validate()
         self.cfg = cfg
-        self.arch = cfg.arch
+        self.arch, self.spec = cfg.arch, cfg.spec
         self.patch_nums = tuple(int(p) for p in patch_nums)
         self.num_classes, self.vocab_size, self.z_channels = cfg.num_classes, int(vocab_size), int(z_channels)
         self.depth, self.width = cfg.depth, cfg.width
         self.L = scale_bounds(self.patch_nums)[-1]
         self.first_l = self.patch_nums[0] ** 2  # scale 0 is made of class-embedding tokens (1 officially)
-        self.cond_drop_rate = cfg.cond_drop_rate
         self.act_checkpoint = cfg.act_checkpoint
         C = self.width
 
@@ -51,7 +50,7 @@ class MVAR(nn.Module):
         rate = max(cfg.drop_path_rate, 0.0)
         dpr = [rate * i / (cfg.depth - 1) if cfg.depth > 1 else 0.0 for i in range(cfg.depth)]  # linspace(0, rate)
         self.blocks = nn.ModuleList(
-            AdaLNBlock(cfg.arch, C, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps, cfg.attn_l2_norm,
+            AdaLNBlock(self.spec, C, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps, cfg.attn_l2_norm,
                        self.patch_nums, dpr[i], cfg.d_state, cfg.d_conv, cfg.expand, cfg.mamba_headdim)
             for i in range(cfg.depth))
         self.head_nm = AdaLNBeforeHead(C, cfg.norm_eps)
@@ -95,8 +94,8 @@ class MVAR(nn.Module):
     @torch.no_grad()
     def init_weights(self, aln: float = 0.5, alng: float = 1e-3, init_gamma3: str = "official",
                      init_head: float = 0.02, conv_std: float = 0.02) -> None:
-        """The official init (model_spec 2.8). init_gamma3="official" reproduces the 9-chunk quirk (the
-        FFN gate gamma3 gets `aln`); "fixed" scales all gamma rows by `alng`."""
+        """The official init (docs/model.md, "Initialisation"). init_gamma3="official" reproduces the
+        9-chunk quirk (the FFN gate gamma3 gets `aln`); "fixed" scales all gamma rows by `alng`."""
         if init_gamma3 not in ("official", "fixed"):
             raise ValueError(f"init_gamma3 must be 'official' or 'fixed', got {init_gamma3!r}")
         std = math.sqrt(1 / self.width / 3)
@@ -112,7 +111,7 @@ class MVAR(nn.Module):
         with _gathered(self.head_nm.ada_lin[-1].parameters()):
             self.head_nm.ada_lin[-1].weight.mul_(aln)
         C = self.width
-        n_gamma = 3 if (self.arch == "mvar" and init_gamma3 == "fixed") else 2
+        n_gamma = self.spec.branches if init_gamma3 == "fixed" else 2  # official: VAR's 2 gamma rows
         for blk in self.blocks:
             with _gathered([blk.attn.proj.weight, blk.ffn.fc2.weight, blk.ada_lin[-1].weight]):
                 blk.attn.proj.weight.div_(math.sqrt(2 * self.depth))
@@ -145,9 +144,6 @@ class MVAR(nn.Module):
                              f"whole-scale prefix of patch_nums {self.patch_nums} (full: {self.L - self.first_l})")
         if labels_B.shape[0] != teacher_input_BLC.shape[0]:
             raise ValueError(f"batch mismatch: {labels_B.shape[0]} labels, {teacher_input_BLC.shape[0]} inputs")
-        if self.training and self.cond_drop_rate > 0:
-            drop_B = torch.rand(labels_B.shape[0], device=labels_B.device) < self.cond_drop_rate
-            labels_B = torch.where(drop_B, torch.full_like(labels_B, self.num_classes), labels_B)
         with torch.autocast(device_type=labels_B.device.type, enabled=False):
             cond_BD = self.class_emb(labels_B)
         x_BLC = self.embed(cond_BD, teacher_input_BLC)
@@ -157,13 +153,13 @@ class MVAR(nn.Module):
         return self.logits(x_BLC, cond_BD)
 
     # ------------------------------------------------------------------------------ sampling
-    def sample(self, vae, labels_B, cfg: float = 1.5, top_k: int = 900, top_p: float = 0.96, seed: Optional[int] = 0,
-               more_smooth: bool = False, incremental: bool = True, seeds_B=None):
+    def sample(self, vae, labels_B, cfg_scale: float = 1.5, top_k: int = 900, top_p: float = 0.96,
+               seed: Optional[int] = 0, more_smooth: bool = False, incremental: bool = True, seeds_B=None):
         """-> (ids: list of (B, pn²) int64, img (B, 3, H, W) in [0, 1]). seeds_B: optional per-image seeds
         (one generator per row, so an image does not depend on its batch). See `sampler.sample`."""
         from .sampler import sample
 
-        return sample(self, vae, labels_B, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
+        return sample(self, vae, labels_B, cfg_scale=cfg_scale, top_k=top_k, top_p=top_p, seed=seed,
                       more_smooth=more_smooth, incremental=incremental, seeds_B=seeds_B)
 
     # ------------------------------------------------------------------------------ training helpers
@@ -184,12 +180,13 @@ class MVAR(nn.Module):
     def num_params(self) -> int:
         return sum(_numel(p) for p in self.parameters())
 
-    def flops_per_image(self, train: bool = True, cfg: bool = True) -> int:
-        """Matmul-level FLOPs per image: training step (fwd + bwd = 3x fwd) or sampling (with CFG:
-        both halves; the decoder excluded). See `flops.py`."""
+    def flops_per_image(self, train: bool = True, guided: bool = True) -> int:
+        """Matmul-level FLOPs per image: training step (fwd + bwd = 3x fwd) or sampling (`guided`: CFG
+        runs both halves; the decoder excluded). See `flops.py`."""
         from .flops import sample_flops, train_flops
 
-        return train_flops(self) if train else sample_flops(self, cfg=cfg)
+        sizes = (self.cfg, self.patch_nums, self.vocab_size, self.z_channels)
+        return train_flops(*sizes) if train else sample_flops(*sizes, guided=guided)
 
 
 def _gathered(params):

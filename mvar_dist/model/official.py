@@ -50,14 +50,15 @@ def infer_hparams(sd: Mapping[str, torch.Tensor]) -> dict:
     depth = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
     if depth == 0:
         raise ValueError("not an official M-VAR/VAR state dict: no blocks.* keys")
-    arch = "mvar" if "blocks.0.mamba.in_proj.weight" in sd else "var"
+    has_mamba = "blocks.0.mamba.in_proj.weight" in sd
+    arch = "mvar" if has_mamba else "var"
     l2 = "blocks.0.attn.scale_mul_1H11" in sd
     heads = sd["blocks.0.attn.scale_mul_1H11"].shape[1] if l2 else max(C // 64, 1)
     hp = dict(arch=arch, depth=depth, width=int(C), num_heads=int(heads), attn_l2_norm=l2,
               num_classes=int(_need(sd, "class_emb.weight").shape[0]) - 1,
               mlp_ratio=_need(sd, "blocks.0.ffn.fc1.weight").shape[0] / C,
               vocab_size=int(_need(sd, "head.weight").shape[0]), z_channels=int(z))
-    if arch == "mvar":
+    if has_mamba:
         d_inner = sd["blocks.0.mamba.norm.weight"].shape[0]
         nheads = sd["blocks.0.mamba.A_log"].shape[0]
         conv_w = sd["blocks.0.mamba.conv1d.weight"]
@@ -110,11 +111,11 @@ def export_official(model) -> Dict[str, torch.Tensor]:
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     pns = model.patch_nums
     sd["lvl_1L"] = scale_ids(pns).view(1, -1).clone()
-    allowed = dense_mask(pns, "intra" if model.arch == "mvar" else "causal")
+    allowed = dense_mask(pns, model.spec.mask)
     bias = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill_(~allowed, float("-inf"))
     sd["attn_bias_for_masking"] = bias.view(1, 1, *allowed.shape)
     for i in range(model.depth):
         sd[f"blocks.{i}.attn.zero_k_bias"] = torch.zeros(model.width, dtype=sd["pos_start"].dtype)
-        if model.arch == "mvar":
+        if model.spec.mask == "intra":  # the official M-VAR attention keeps its scale sizes as a buffer
             sd[f"blocks.{i}.attn.patch_nums"] = torch.tensor([p * p for p in pns], dtype=torch.int32)
     return sd

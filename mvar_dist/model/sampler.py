@@ -6,8 +6,9 @@ state) from scale to scale; VAR keeps a per-block K/V cache. The AdaLN modulatio
 Recompute (`incremental=False`): at every scale the whole prefix goes through `model.forward`, as the
 official M-VAR code does; it is the reference the incremental path must reproduce id for id.
 
-Per scale: CFG ramp t = cfg * si / (S-1), logits = (1+t) cond - t uncond, then top-k, top-p and one
-multinomial draw from a seeded generator (official order, so greedy settings give the argmax).
+Both share one per-scale step (`_step`): CFG ramp t = cfg_scale * si / (S-1), logits = (1+t) cond - t uncond,
+then top-k, top-p and one multinomial draw from a seeded generator (official order, so greedy settings give
+the argmax), the scale's codes and the next scale's input.
 
 Seeding: `seed` seeds one generator for the whole call (the draws of a row then depend on the batch around
 it). `seeds_B` gives every row its own generator, which alone feeds that row's multinomial draws (and Gumbel
@@ -15,9 +16,12 @@ noise), so an image depends on its label and seed only, not on the batch size or
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+
+from mvar_dist.ops.attention import scale_bounds
 
 # one generator for the call, one per row, or None (the global default generator)
 Rng = Union[None, torch.Generator, List[torch.Generator]]
@@ -90,75 +94,107 @@ def _check_vae(model, vae) -> None:
                          f"(vocab {model.vocab_size}, z_channels {model.z_channels})")
 
 
+@dataclass(frozen=True)
+class _Draw:
+    """How every scale's ids are drawn from the two CFG halves' logits."""
+    cfg_scale: float
+    top_k: int
+    top_p: float
+    more_smooth: bool
+    rng: Rng
+
+
+def _codes(logits_BlV: torch.Tensor, idx_Bl: torch.Tensor, ratio: float, codebook_VC: torch.Tensor,
+           draw: _Draw) -> torch.Tensor:
+    """(B, l, Cvae) codes of one scale: the drawn ids' codebook rows, or (more_smooth, pictures only: the
+    official visualisation mode) soft Gumbel mixtures of the rows."""
+    if not draw.more_smooth:
+        return codebook_VC[idx_Bl]
+    tau = max(0.27 * (1 - 0.95 * ratio), 0.005)
+    soft_BlV = _gumbel_softmax(logits_BlV.mul(1 + ratio), tau, draw.rng)
+    cb_VC = codebook_VC.to(logits_BlV.dtype)
+    if isinstance(draw.rng, list):  # row by row: a (B*l)-row GEMM picks B-dependent kernels
+        return torch.stack([soft_lV @ cb_VC for soft_lV in soft_BlV])
+    return soft_BlV @ cb_VC
+
+
+def _step(vae, si: int, logits_2BlV: torch.Tensor, f_hat_BChw: torch.Tensor, draw: _Draw):
+    """One scale: guided logits -> ids -> codes -> f_hat. Returns (idx_Bl, f_hat_BChw, next_BlC), where
+    next_BlC is the next scale's teacher input (B, pn², Cvae), None after the last scale."""
+    S, pn = len(vae.patch_nums), vae.patch_nums[si]
+    ratio = si / (S - 1) if S > 1 else 1.0
+    t, B = draw.cfg_scale * ratio, logits_2BlV.shape[0] // 2
+    logits_BlV = (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
+    idx_Bl = sample_ids(logits_BlV, draw.top_k, draw.top_p, draw.rng)  # filters logits_BlV in place
+    h_BlC = _codes(logits_BlV, idx_Bl, ratio, vae.codebook, draw)
+    f_hat_BChw, next_BChw = vae.next_ar_input(si, f_hat_BChw, h_BlC.transpose(1, 2).reshape(B, -1, pn, pn))
+    next_BlC = next_BChw.flatten(2).transpose(1, 2) if si < S - 1 else None
+    return idx_Bl, f_hat_BChw, next_BlC
+
+
+def _sample_incremental(model, vae, labels_2B: torch.Tensor, f_hat_BChw: torch.Tensor, draw: _Draw):
+    """Each scale's tokens through the blocks once, with the per-block caches and AdaLN modulations."""
+    cond_2BD = model.class_emb(labels_2B)
+    lvl_pos_1LC = model.lvl_embed(model.lvl_1L) + model.pos_1LC
+    bounds = scale_bounds(model.patch_nums)
+    x_2BlC = cond_2BD.unsqueeze(1) + model.pos_start.expand(len(labels_2B), -1, -1) + lvl_pos_1LC[:, :bounds[1]]
+    mods = [blk.modulation(cond_2BD) for blk in model.blocks]
+    caches: List[dict] = [{} for _ in model.blocks]
+    ids: List[torch.Tensor] = []
+    for si in range(len(model.patch_nums)):
+        h_2BlC = x_2BlC
+        for blk, mods_blk, cache in zip(model.blocks, mods, caches):
+            h_2BlC = blk.forward_scale(h_2BlC, mods_blk, cache)
+        idx_Bl, f_hat_BChw, next_BlC = _step(vae, si, model.logits(h_2BlC, cond_2BD), f_hat_BChw, draw)
+        ids.append(idx_Bl)
+        if next_BlC is not None:
+            x_BlC = model.word_embed(next_BlC.to(model.word_embed.weight.dtype))
+            x_2BlC = (x_BlC + lvl_pos_1LC[:, bounds[si + 1]:bounds[si + 2]]).repeat(2, 1, 1)
+    return ids, f_hat_BChw
+
+
+def _sample_recompute(model, vae, labels_2B: torch.Tensor, f_hat_BChw: torch.Tensor, draw: _Draw):
+    """The whole prefix through `model.forward` at every scale, as the official M-VAR code does."""
+    bounds = scale_bounds(model.patch_nums)
+    teacher: List[torch.Tensor] = [model.pos_start.new_zeros(len(labels_2B), 0, model.z_channels)]
+    ids: List[torch.Tensor] = []
+    for si in range(len(model.patch_nums)):
+        logits_2BlV = model(labels_2B, torch.cat(teacher, dim=1))[:, bounds[si]:bounds[si + 1]]
+        idx_Bl, f_hat_BChw, next_BlC = _step(vae, si, logits_2BlV, f_hat_BChw, draw)
+        ids.append(idx_Bl)
+        if next_BlC is not None:
+            teacher.append(next_BlC.to(model.pos_start.dtype).repeat(2, 1, 1))
+    return ids, f_hat_BChw
+
+
 @torch.no_grad()  # not inference_mode: callers may edit the returned tensors in place
-def sample(model, vae, labels_B, cfg: float = 1.5, top_k: int = 900, top_p: float = 0.96,
-           seed: Optional[int] = 0, more_smooth: bool = False, incremental: bool = True, seeds_B=None):
+def sample(model, vae, labels_B, cfg_scale: float = 1.5, top_k: int = 900, top_p: float = 0.96,
+           seed: Optional[int] = 0, more_smooth: bool = False, incremental: bool = True,
+           seeds_B=None) -> Tuple[List[torch.Tensor], torch.Tensor]:
     """-> (ids: list of (B, pn²) int64 per scale, img (B, 3, H, W) float32 in [0, 1]).
     seeds_B: optional per-image seeds (B ints); when given, `seed` is unused and row b draws only from a
     generator seeded with seeds_B[b]."""
     _check_vae(model, vae)
     device = model.pos_start.device
-    labels = _labels(labels_B, model.num_classes, device)
-    B, pns, S = labels.shape[0], model.patch_nums, len(model.patch_nums)
+    labels_B = _labels(labels_B, model.num_classes, device)
+    B, side = labels_B.shape[0], model.patch_nums[-1]
     rng = _generators(seed, seeds_B, B, device)
     if isinstance(rng, list) and B == 1:
         # A lone row runs on other conv/matmul kernels than a batch does (measured on CPU: pixels 1.5e-5 apart),
         # so it is sampled as one of two twins: with per-image seeds, B=1 then gives the pixels of any batch.
-        twin_ids, twin_img = sample(model, vae, labels.repeat(2), cfg=cfg, top_k=top_k, top_p=top_p,
+        twin_ids, twin_img = sample(model, vae, labels_B.repeat(2), cfg_scale=cfg_scale, top_k=top_k, top_p=top_p,
                                     more_smooth=more_smooth, incremental=incremental,
                                     seeds_B=torch.as_tensor(seeds_B).reshape(-1).repeat(2))
         return [t[:1] for t in twin_ids], twin_img[:1]
+    draw = _Draw(cfg_scale, top_k, top_p, more_smooth, rng)
+    labels_2B = torch.cat([labels_B, torch.full_like(labels_B, model.num_classes)])  # cond, then uncond half
+    f_hat_BChw = vae.codebook.new_zeros(B, model.z_channels, side, side).float()
     was_training = model.training
     model.eval()
     try:
-        labels_2B = torch.cat([labels, torch.full_like(labels, model.num_classes)])
-        cond_2BD = model.class_emb(labels_2B)
-        lvl_pos_1LC = model.lvl_embed(model.lvl_1L) + model.pos_1LC
-        x_2BlC = cond_2BD.unsqueeze(1) + model.pos_start.expand(2 * B, -1, -1) + lvl_pos_1LC[:, :model.first_l]
-        codebook_VC = vae.codebook
-        f_hat = codebook_VC.new_zeros(B, model.z_channels, pns[-1], pns[-1]).float()
-        if incremental:
-            mods = [blk.modulation(cond_2BD) for blk in model.blocks]
-            caches: List[dict] = [{} for _ in model.blocks]
-        else:
-            teacher: List[torch.Tensor] = [x_2BlC.new_zeros(2 * B, 0, model.z_channels)]
-        ids: List[torch.Tensor] = []
-        cur = 0
-        for si, pn in enumerate(pns):
-            cur += pn * pn
-            if incremental:
-                h_2BlC = x_2BlC
-                for blk, m, c in zip(model.blocks, mods, caches):
-                    h_2BlC = blk.forward_scale(h_2BlC, m, c)
-                logits_2BlV = model.logits(h_2BlC, cond_2BD)
-            else:
-                logits_2BlV = model(labels_2B, torch.cat(teacher, dim=1))[:, cur - pn * pn:]
-            ratio = si / (S - 1) if S > 1 else 1.0
-            t = cfg * ratio
-            logits_BlV = (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
-            idx_Bl = sample_ids(logits_BlV, top_k, top_p, rng)
-            ids.append(idx_Bl)
-            if more_smooth:  # soft Gumbel codes, for pictures only (official visualisation mode)
-                tau = max(0.27 * (1 - 0.95 * ratio), 0.005)
-                soft_BlV = _gumbel_softmax(logits_BlV.mul(1 + ratio), tau, rng)
-                cb_VC = codebook_VC.to(logits_BlV.dtype)
-                if isinstance(rng, list):  # row by row: a (B*l)-row GEMM picks B-dependent kernels
-                    h_BlC = torch.stack([soft_lV @ cb_VC for soft_lV in soft_BlV])
-                else:
-                    h_BlC = soft_BlV @ cb_VC
-            else:
-                h_BlC = codebook_VC[idx_Bl]
-            h_BChw = h_BlC.transpose(1, 2).reshape(B, model.z_channels, pn, pn)
-            f_hat, nxt_BChw = vae.next_ar_input(si, f_hat, h_BChw)
-            if si < S - 1:
-                nxt_BlC = nxt_BChw.flatten(2).transpose(1, 2)
-                if incremental:
-                    nxt_pn2 = pns[si + 1] ** 2
-                    x_BlC = model.word_embed(nxt_BlC.to(model.word_embed.weight.dtype)) + lvl_pos_1LC[:, cur:cur + nxt_pn2]
-                    x_2BlC = x_BlC.repeat(2, 1, 1)
-                else:
-                    teacher.append(nxt_BlC.to(x_2BlC.dtype).repeat(2, 1, 1))
-        img = (vae.fhat_to_img(f_hat).float() + 1) / 2
+        algorithm = _sample_incremental if incremental else _sample_recompute
+        ids, f_hat_BChw = algorithm(model, vae, labels_2B, f_hat_BChw, draw)
+        img = (vae.fhat_to_img(f_hat_BChw).float() + 1) / 2
     finally:
         model.train(was_training)
     return ids, img

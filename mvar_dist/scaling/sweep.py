@@ -97,18 +97,34 @@ class RunSpec:
                 "run_dir": self.run_dir, "fingerprint": self.fingerprint}
 
 
-def load_sweep(path, out_root: Optional[str] = None) -> Sweep:
-    """Read and validate a sweep YAML (a path, or a name under configs/sweeps/)."""
-    p = Path(path)
-    if not p.is_file():
-        from mvar_dist.config import configs_dir
+def _shipped_sweeps_dir() -> Path:
+    from mvar_dist.config import configs_dir
 
-        for cand in (configs_dir() / "sweeps" / p, configs_dir() / "sweeps" / f"{p}.yaml"):
+    return configs_dir() / "sweeps"
+
+
+def list_sweeps() -> List[str]:
+    """Names of the shipped sweep files (`configs/sweeps/*.yaml`, installed in `mvar_dist.configs`)."""
+    return sorted(p.stem for p in _shipped_sweeps_dir().glob("*.yaml"))
+
+
+def find_sweep(path) -> Path:
+    """A YAML file, or a shipped sweep named `cpu_demo`, `sweeps/cpu_demo` or `configs/sweeps/cpu_demo.yaml`
+    (resolved against the shipped folder from any working directory, like preset names)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if not p.is_absolute() and p.parent.parts in ((), ("sweeps",), ("configs", "sweeps")):
+        for cand in (_shipped_sweeps_dir() / p.name, _shipped_sweeps_dir() / f"{p.name}.yaml"):
             if cand.is_file():
-                p = cand
-                break
-        else:
-            raise SweepError("path", f"no sweep file '{path}'", source=str(path))
+                return cand
+    raise SweepError("path", f"no sweep file '{path}' (give a YAML path or a shipped sweep: "
+                             f"{', '.join(list_sweeps()) or 'none found'})", source=str(path))
+
+
+def load_sweep(path, out_root: Optional[str] = None) -> Sweep:
+    """Read and validate a sweep YAML (a path, or a shipped sweep's name; see `find_sweep`)."""
+    p = find_sweep(path)
     with open(p) as f:
         try:
             data = yaml.safe_load(f) or {}

@@ -1,4 +1,4 @@
-"""Convolutional encoder/decoder of the VAR VQVAE (model_spec 1.2-1.4).
+"""Convolutional encoder/decoder of the VAR VQVAE (docs/tokenizer.md, "Architecture").
 
 Module and attribute names follow the official checkpoint's key names (`encoder.down.2.block.0.
 nin_shortcut.weight`, ...), because `from_official` loads those keys unchanged.

@@ -1,4 +1,4 @@
-"""The residual multi-scale quantiser of VAR (model_spec 1.6): one shared codebook, Phi convs, the
+"""The residual multi-scale quantiser of VAR (docs/tokenizer.md, "Architecture"): one shared codebook, Phi convs, the
 Phi-per-scale table, and the area/bicubic resizes between a scale's side and the latent side.
 
 All steps run in fp32 with autocast off: token ids are discrete decisions and must not depend on
@@ -31,7 +31,7 @@ def _linspace_f64(start: float, stop: float, num: int) -> List[float]:
 
 
 def phi_table(num_scales: int, share_quant_resi: int) -> Tuple[int, ...]:
-    """Index of the Phi conv used at each scale si (model_spec 1.6).
+    """Index of the Phi conv used at each scale si (docs/tokenizer.md, "Phi table").
 
     share_quant_resi = 0: one Phi per scale; 1: a single shared Phi; K >= 2: K Phis placed on ticks
     in (0, 1), scale si goes to the tick nearest si / (SN - 1) (first one on float ties).
@@ -115,7 +115,7 @@ class MultiScaleQuantizer(nn.Module):
     def num_scales(self) -> int:
         return len(self.patch_nums)
 
-    def _scale_contribution(self, si: int, code_BCpp: torch.Tensor) -> torch.Tensor:
+    def scale_contribution(self, si: int, code_BCpp: torch.Tensor) -> torch.Tensor:
         """Phi(bicubic_up(code)) at the latent side; the last scale is already at full size."""
         if si < self.num_scales - 1:
             code_BCpp = bicubic_resize(code_BCpp, self.patch_nums[-1])
@@ -136,14 +136,14 @@ class MultiScaleQuantizer(nn.Module):
             z_BCpp = area_resize(f_rest, pn) if si < self.num_scales - 1 else f_rest
             idx_Bl = nearest_code(z_BCpp.permute(0, 2, 3, 1).reshape(-1, C), codebook_VC).view(B, pn * pn)
             ids.append(idx_Bl)
-            f_rest = f_rest - self._scale_contribution(si, self.embed(idx_Bl, pn))
+            f_rest = f_rest - self.scale_contribution(si, self.embed(idx_Bl, pn))
         return ids
 
     def ids_to_fhat(self, ids: Sequence[torch.Tensor]) -> torch.Tensor:
         """Sum of every scale's contribution: the full reconstruction latent (B, C, H, W)."""
         f_hat = None
         for si, pn in enumerate(self.patch_nums):
-            h = self._scale_contribution(si, self.embed(ids[si], pn))
+            h = self.scale_contribution(si, self.embed(ids[si], pn))
             f_hat = h if f_hat is None else f_hat + h
         return f_hat
 
@@ -153,7 +153,7 @@ class MultiScaleQuantizer(nn.Module):
         f_hat = torch.zeros(B, C, side, side, device=self.embedding.weight.device)
         out: List[torch.Tensor] = []
         for si in range(self.num_scales - 1):
-            f_hat = f_hat + self._scale_contribution(si, self.embed(ids[si], self.patch_nums[si]))
+            f_hat = f_hat + self.scale_contribution(si, self.embed(ids[si], self.patch_nums[si]))
             nxt = self.patch_nums[si + 1]
             out.append(area_resize(f_hat, nxt).reshape(B, C, nxt * nxt).transpose(1, 2))
         if not out:
@@ -162,7 +162,7 @@ class MultiScaleQuantizer(nn.Module):
 
     def next_ar_input(self, si: int, f_hat_BCHW: torch.Tensor, h_BCpp: torch.Tensor):
         """One sampler step: add scale si's codes to f_hat and return (f_hat, input of scale si+1)."""
-        f_hat_BCHW = f_hat_BCHW + self._scale_contribution(si, h_BCpp.float())
+        f_hat_BCHW = f_hat_BCHW + self.scale_contribution(si, h_BCpp.float())
         if si < self.num_scales - 1:
             return f_hat_BCHW, area_resize(f_hat_BCHW, self.patch_nums[si + 1])
         return f_hat_BCHW, f_hat_BCHW

@@ -1,5 +1,5 @@
 """`MultiScaleVQVAE`: the VAR multi-scale residual VQVAE tokenizer, compatible with the official
-`vae_ch160v4096z32.pth` (model_spec section 1).
+`vae_ch160v4096z32.pth` (docs/tokenizer.md, "Architecture").
 
 Frozen by construction (eval mode, no parameter requires grad); every public method runs under
 `torch.no_grad()` and also works under `torch.inference_mode()`. Images enter in [-1, 1]; token ids
@@ -221,7 +221,7 @@ class MultiScaleVQVAE(nn.Module):
 
     @torch.no_grad()
     def next_ar_input(self, si: int, f_hat_BChw: torch.Tensor, h_BChw: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Sampler step (model_spec 1.6): f_hat + Phi(bicubic_up(h)) and its area-resize to scale
+        """Sampler step (docs/tokenizer.md): f_hat + Phi(bicubic_up(h)) and its area-resize to scale
         si+1 (at the last scale both outputs are the new f_hat). Returns new tensors; f_hat is not
         modified in place."""
         if not 0 <= si < len(self.patch_nums):

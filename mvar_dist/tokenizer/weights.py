@@ -14,6 +14,8 @@ from typing import Any, Dict, Mapping, Union
 import torch
 import torch.nn as nn
 
+from mvar_dist.fsio import atomic_path
+
 EMA_KEY = "quantize.ema_vocab_hit_SV"  # usage statistics; its first dim (scale count) may differ
 StateDict = Dict[str, torch.Tensor]
 _WRAPPER_KEYS = ("state_dict", "model", "vae", "module")
@@ -123,20 +125,14 @@ def weights_hash(module: nn.Module) -> str:
 def save_official(module: nn.Module, path: Union[str, os.PathLike], hparams: Mapping[str, Any]) -> Path:
     """Write the official-key state dict atomically: .safetensors (with hparams metadata) or .pth."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     sd = official_state_dict(module)
-    try:
+    with atomic_path(path, mkdir=True) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
             save_file(sd, str(tmp), metadata={"hparams": json.dumps(dict(hparams)), "format": "var-vqvae-official"})
         else:
             torch.save(sd, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -11,12 +11,16 @@ Layout of `<ckpt.dir>`:
         rng/rank_00000.pt     per-rank RNG states (torch, python, numpy)
         metrics.json          the last logged metrics
         model.safetensors     consolidated model in the official key names
-        COMPLETE              written last, before the rename; nothing without it is ever loaded
+        COMPLETE              written last, before the rename; nothing without it is ever loaded;
+                              lists every file with its size and sha256 (manifest.py)
     .tmp.step_00000120/       in progress (removed at the next start if the writer died)
+    damaged.step_00000120/    a marked folder that failed verification, set aside by --resume auto (kept)
 
 The folder is assembled under a temporary name and renamed into place, so a reader never sees a
 half-written step folder; the marker makes that explicit for readers on object stores and for
-copies made by other tools.
+copies made by other tools. Its file list lets resume tell a damaged folder (a truncated shard, a
+flipped bit) from a whole one before loading anything. An s3:// root has no rename: the folder is
+staged locally, uploaded by its writers, and the marker alone publishes it (remote.py).
 """
 from __future__ import annotations
 
@@ -27,20 +31,22 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
-from mvar_dist.fsio import write_text_atomic
+from mvar_dist.fsio import atomic_path, write_text_atomic
+from . import manifest as mf
+from .manifest import MARKER, CheckpointDamaged
 
-MARKER = "COMPLETE"
 DS_DIR = "ds"
 DS_TAG = "state"
 UNIVERSAL_TAG = "universal"
 _STEP_RE = re.compile(r"^step_(\d{8})$")
+DAMAGED_PREFIX = "damaged."
 
 
 def step_name(step: int) -> str:
@@ -98,10 +104,12 @@ def restore_rng(state: Dict[str, Any]) -> None:
 
 @dataclass
 class ResumePlan:
-    folder: Path          # the complete step folder to load
+    folder: Path          # the complete, verified step folder to load
     meta: Dict[str, Any]  # its meta.json
     tag: str              # DeepSpeed tag under folder/ds to load
     universal: bool       # True when the world size differs: load the universal copy
+    notes: List[str] = field(default_factory=list)  # what the planner found (damaged folders, fallback)
+    remote: str = ""      # s3:// step folder the ranks download `folder` from; "" = folder is the checkpoint
 
 
 def check_meta_compatible(meta: Dict[str, Any], expect: Dict[str, Any], where: Path) -> None:
@@ -112,24 +120,138 @@ def check_meta_compatible(meta: Dict[str, Any], expect: Dict[str, Any], where: P
                              f"use another ckpt.dir or ckpt.resume=none")
 
 
-def plan_resume(resume: str, root: Path, world_size: int, expect: Dict[str, Any]) -> Optional[ResumePlan]:
-    """Pick the checkpoint to resume from: "none", "auto" (newest complete under root) or a folder path."""
+def step_of(folder) -> int:
+    return int(_STEP_RE.match(Path(folder).name).group(1))
+
+
+class LocalRoot:
+    """A checkpoint root on a filesystem, with the methods plan_resume shares with remote.RemoteRoot."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def uri_of(self, name: str) -> str:
+        return str(self.root / name)
+
+    def names(self) -> List[str]:
+        return [p.name for p in list_checkpoints(self.root)]
+
+    def exists(self, name: str) -> bool:
+        return (self.root / name).is_dir()
+
+    def is_complete(self, name: str) -> bool:
+        return is_complete(self.root / name)
+
+    def problem(self, name: str, mode: str) -> Optional[str]:
+        return mf.verify_folder(self.root / name, mode)
+
+    def read_text(self, name: str, rel: str) -> str:
+        return (self.root / name / rel).read_text()
+
+    def set_aside(self, name: str) -> str:
+        return set_aside(self.root / name).name
+
+
+def open_root(root):
+    """LocalRoot, or remote.RemoteRoot for an s3:// root (pass it as a str: Path would fold the //)."""
+    from . import remote
+
+    return remote.RemoteRoot(str(root)) if remote.is_remote(root) else LocalRoot(Path(root))
+
+
+def plan_resume(resume: str, root, world_size: int, expect: Dict[str, Any], verify: str = "hash",
+                max_fallback_steps: int = 0, allow_fallback: bool = False,
+                stage_dir: Optional[Path] = None) -> Optional[ResumePlan]:
+    """Pick the checkpoint to resume from: "none", "auto" (newest complete one that verifies) or a folder.
+
+    Runs on one rank (it may set damaged folders aside); the caller shares the answer with the others.
+    For a remote checkpoint, plan.folder is where each rank downloads its files (under stage_dir)."""
     if resume == "none":
         return None
+    notes: List[str] = []
     if resume == "auto":
-        folder = latest_checkpoint(root)
-        if folder is None:
+        store = open_root(root)
+        name = _newest_verified(store, verify, max_fallback_steps, allow_fallback, notes)
+        if name is None:
             return None
     else:
-        folder = Path(resume)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"ckpt.resume={resume}: no such checkpoint folder")
-        if not is_complete(folder):
-            raise ValueError(f"ckpt.resume={resume}: folder has no {MARKER} marker (an interrupted save); refusing it")
-    meta = read_meta(folder)
-    check_meta_compatible(meta, expect, folder)
+        store, name = _explicit(resume, verify)
+    _note_unverified(store, name, notes)
+    meta = json.loads(store.read_text(name, "meta.json"))
+    check_meta_compatible(meta, expect, store.uri_of(name))
     universal = int(meta["world_size"]) != world_size
-    return ResumePlan(folder, meta, UNIVERSAL_TAG if universal else DS_TAG, universal)
+    remote = "" if isinstance(store, LocalRoot) else store.uri_of(name)
+    if remote and universal:
+        raise ValueError(f"{remote} was saved by {meta['world_size']} ranks; resuming an s3:// checkpoint at another "
+                         f"world size is not supported yet: copy it to a local ckpt.dir first")
+    folder = Path(stage_dir) / name if remote else store.root / name
+    return ResumePlan(folder, meta, UNIVERSAL_TAG if universal else DS_TAG, universal, notes, remote)
+
+
+def _explicit(resume: str, verify: str):
+    """(root, name) of an explicitly named folder, refused when absent, unmarked or damaged."""
+    parent, name = resume.rstrip("/").rsplit("/", 1) if "/" in resume.rstrip("/") else (".", resume)
+    store = open_root(parent)
+    if not store.exists(name):
+        raise FileNotFoundError(f"ckpt.resume={resume}: no such checkpoint folder")
+    if not store.is_complete(name):
+        raise ValueError(f"ckpt.resume={resume}: folder has no {MARKER} marker (an interrupted save); refusing it")
+    problem = store.problem(name, verify)
+    if problem:
+        raise CheckpointDamaged(name, f"{problem}; it is left as it is: pass another folder or --resume auto")
+    return store, name
+
+
+def _newest_verified(store, verify: str, max_fallback_steps: int, allow_fallback: bool,
+                     notes: List[str]) -> Optional[str]:
+    """The newest complete folder that verifies; damaged newer ones are reported and set aside."""
+    mf.check_mode(verify)
+    damaged = []
+    for name in reversed(store.names()):
+        problem = store.problem(name, verify)
+        if problem is None:
+            break
+        damaged.append(name)
+        notes.append(f"[train] {CheckpointDamaged(name, problem)}")
+    else:
+        if damaged:  # starting from scratch over them would silently throw the run away
+            raise ValueError(f"no checkpoint under {store.uri_of('')} verifies ({'; '.join(notes)}); repair one, "
+                             f"or start over with ckpt.resume=none")
+        return None
+    if damaged:
+        newest = damaged[0]
+        gap = step_of(newest) - step_of(name)
+        if gap > max_fallback_steps and not allow_fallback:
+            raise ValueError(f"{'; '.join(n.replace('[train] ', '') for n in notes)}. The newest checkpoint that "
+                             f"verifies, {name}, is {gap} steps before {newest}, more than "
+                             f"ckpt.max_fallback_steps={max_fallback_steps}; set ckpt.allow_fallback=true to resume "
+                             f"from {name}, or repair {newest}")
+        for bad in damaged:
+            notes.append(f"[train] kept {bad} (not deleted) as {store.set_aside(bad)}")
+        notes.append(f"[train] falling back to {name}, {gap} steps before {newest}")
+    return name
+
+
+def _note_unverified(store, name: str, notes: List[str]) -> None:
+    try:
+        legacy = mf.parse_marker(store.read_text(name, MARKER)) is None
+    except ValueError:
+        legacy = False
+    if legacy:
+        notes.append(f"[train] warning: {name}'s {MARKER} marker has no file list (written before "
+                     f"checkpoints were verified); loading it unverified")
+
+
+def set_aside(folder: Path) -> Path:
+    """Move a damaged folder out of the step_* namespace: resume, retention and clean-up ignore it."""
+    folder = Path(folder)
+    dst = folder.with_name(DAMAGED_PREFIX + folder.name)
+    n = 1
+    while dst.exists():
+        dst = folder.with_name(f"{DAMAGED_PREFIX}{folder.name}.{n}")
+        n += 1
+    os.replace(folder, dst)
+    return dst
 
 
 def ensure_universal(folder: Path) -> Path:
@@ -138,31 +260,44 @@ def ensure_universal(folder: Path) -> Path:
     out = ds_dir / UNIVERSAL_TAG
     if (out / MARKER).is_file():
         return out
-    tmp = ds_dir / f".tmp.{UNIVERSAL_TAG}.{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(ds_dir / DS_TAG),
-           "--output_folder", str(tmp), "--inject_missing_state", "--num_extract_workers", "1",
-           "--num_merge_workers", "1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RuntimeError(f"universal conversion of {folder} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    (tmp / MARKER).write_text("")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a dead process with this pid
+        cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(ds_dir / DS_TAG),
+               "--output_folder", str(tmp), "--inject_missing_state", "--num_extract_workers", "1",
+               "--num_merge_workers", "1"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"universal conversion of {folder} failed (exit {proc.returncode}):\n"
+                               f"{proc.stderr[-3000:]}")
+        (tmp / MARKER).write_text("")
     return out
 
 
 class CheckpointWriter:
-    """Writes one step folder collectively; rank 0 publishes it and applies retention."""
+    """Writes one step folder collectively; rank 0 publishes it and applies retention.
 
-    def __init__(self, root: Path, rank: int, keep_last: int, keep_every: int):
-        self.root, self.rank = Path(root), rank
+    With an s3:// root the folder is assembled in `stage_dir` (node-local), each rank uploads the
+    files it wrote, and publishing is writing the remote marker (see remote.py)."""
+
+    def __init__(self, root, rank: int, keep_last: int, keep_every: int, stage_dir: Optional[Path] = None):
+        from . import remote
+
+        self.remote = remote.RemoteRoot(str(root)) if remote.is_remote(root) else None
+        if self.remote is not None and stage_dir is None:
+            raise ValueError(f"ckpt.dir={root} needs a local staging folder (ckpt.stage_dir)")
+        self.root = Path(stage_dir) if self.remote is not None else Path(root)
+        self.rank = rank
         self.keep_last, self.keep_every = keep_last, keep_every
 
     def clean_stale(self) -> None:
         """Remove leftovers of saves that died before publishing (rank 0, at start)."""
-        if self.rank == 0 and self.root.is_dir():
+        if self.rank != 0:
+            return
+        if self.remote is not None:
+            self.remote.clean_incomplete()
+            shutil.rmtree(self.root, ignore_errors=True)  # staging only: nothing in it is a checkpoint
+            return
+        if self.root.is_dir():
             for p in self.root.iterdir():
                 if p.name.startswith(".tmp.") or p.name.startswith(".trash."):
                     shutil.rmtree(p, ignore_errors=True)
@@ -173,30 +308,71 @@ class CheckpointWriter:
     def tmp_folder(self, step: int) -> Path:
         return self.root / f".tmp.{step_name(step)}"
 
-    def final_folder(self, step: int) -> Path:
+    def final_folder(self, step: int):
+        """Where the published folder is: a Path, or an s3:// URI (str) for a remote root."""
+        if self.remote is not None:
+            return self.remote.uri_of(step_name(step))
         return self.root / step_name(step)
 
     def write_rank_files(self, tmp: Path, rng_state: Dict[str, Any]) -> None:
         (tmp / "rng").mkdir(parents=True, exist_ok=True)
         torch.save(rng_state, tmp / "rng" / f"rank_{self.rank:05d}.pt")
 
-    def publish(self, step: int, files: Dict[str, str]) -> Path:
-        """Rank 0: write the small files, the marker last, rename into place, apply retention."""
-        tmp, final = self.tmp_folder(step), self.final_folder(step)
+    def write_shared_files(self, step: int, files: Dict[str, str]) -> None:
+        """Rank 0: the small files, before the ranks report (rank 0's report hashes them)."""
         for name, text in files.items():
-            write_text_atomic(tmp / name, text, fsync=True)
-        write_text_atomic(tmp / MARKER, json.dumps({"step": step}) + "\n", fsync=True)
+            write_text_atomic(self.tmp_folder(step) / name, text, fsync=True)
+
+    def report(self, step: int, before_upload=None) -> Dict[str, Any]:
+        """This rank's files with sizes and sha256 (manifest.rank_report), uploaded for a remote root.
+
+        before_upload(step, rank): a fault-drill hook; raising there counts as a failed upload."""
+        rep = mf.rank_report(self.tmp_folder(step), self.rank)
+        if self.remote is None or not rep["ok"]:
+            return rep
+        try:
+            if before_upload is not None:
+                before_upload(step, self.rank)
+            self.remote.upload(self.tmp_folder(step), step_name(step), rep["files"])
+        except Exception as e:  # any failure must reach the gather, or the other ranks wait forever
+            rep.update(ok=False, error=f"upload failed ({type(e).__name__}: {e})")
+        return rep
+
+    def publish(self, step: int, files: Dict[str, str], reports: Optional[List[Dict[str, Any]]] = None):
+        """Rank 0: write the small files, the marker last, rename into place, apply retention.
+
+        reports: every rank's `report`; a failed one raises ValueError and nothing is published.
+        Without them (one process) rank 0 lists the whole folder as its own."""
+        tmp, final = self.tmp_folder(step), self.final_folder(step)
+        self.write_shared_files(step, files)
+        if reports is None:
+            reports = [{"rank": 0, "ok": True, "error": "", "files": mf.describe(tmp, mf.folder_files(tmp))}]
+        text = mf.marker_text(mf.build_marker(step, reports))
+        if self.remote is not None:
+            self.remote.write_marker(step_name(step), text)
+            self.apply_retention()
+            return final
+        write_text_atomic(tmp / MARKER, text, fsync=True)
         if final.exists():  # an incomplete leftover with the same name (complete ones are never re-saved)
             shutil.rmtree(final)
+        # Not fsio.atomic_path: every rank wrote into this temp folder, so its name is fixed by the
+        # step (not this process), and clean_stale removes it if the save died.
         os.replace(tmp, final)
         self.apply_retention()
         return final
 
-    def apply_retention(self) -> List[Path]:
+    def apply_retention(self) -> List:
+        if self.remote is not None:
+            names = {step_of(n): n for n in self.remote.names()}
+            victims = [names[s] for s in retention_victims(list(names), self.keep_last, self.keep_every)]
+            for n in victims:
+                self.remote.delete(n)
+            return [self.remote.uri_of(n) for n in victims]
         done = {int(_STEP_RE.match(p.name).group(1)): p for p in list_checkpoints(self.root)}
         removed = []
         for s in retention_victims(list(done), self.keep_last, self.keep_every):
-            # Rename first so a crash mid-delete never leaves a complete-looking partial folder.
+            # Rename first so a crash mid-delete never leaves a complete-looking partial folder. This
+            # takes a folder out of view rather than publishing one, hence a plain rename.
             trash = self.root / f".trash.{done[s].name}"
             os.replace(done[s], trash)
             shutil.rmtree(trash, ignore_errors=True)

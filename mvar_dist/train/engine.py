@@ -1,4 +1,4 @@
-"""DeepSpeed plumbing: process group, the filled-in ZeRO-3 config, optimizer and engine.
+"""DeepSpeed plumbing: the filled-in ZeRO-3 config, optimizer and engine (the process group: mvar_dist.distributed).
 
 `configs/zero3.json` keeps the sizes that depend on the run as "auto"; `fill_ds_config` turns them
 into numbers from the run config, the world size and the model width, and refuses combinations
@@ -7,9 +7,7 @@ DeepSpeed would only reject later with a less helpful message.
 from __future__ import annotations
 
 import copy
-import datetime
 import json
-import os
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -78,7 +76,7 @@ def fill_ds_config(template: Dict[str, Any], cfg: RunConfig, world_size: int, lo
         raise ConfigError("ds_config", f"zero_optimization.stage is {zero.get('stage')}; this trainer is built for ZeRO-3")
     zero["stage"] = 3
     h = cfg.model.width
-    # Hugging Face's rules of thumb for hidden size h (systems_notes 2).
+    # Hugging Face's rules of thumb for hidden size h (docs/training.md, "DeepSpeed config filling").
     _fill(zero, "reduce_bucket_size", h * h, "width^2")
     _fill(zero, "stage3_prefetch_bucket_size", int(0.9 * h * h), "0.9 width^2")
     _fill(zero, "stage3_param_persistence_threshold", 10 * h, "10 width")
@@ -96,27 +94,6 @@ def _walk(d: Dict[str, Any], prefix: str = ""):
             yield from _walk(v, f"{prefix}{k}.")
         else:
             yield f"{prefix}{k}", v
-
-
-def init_distributed() -> tuple:
-    """(rank, world_size, device); works under deepspeed, torchrun and a plain single `python` process."""
-    import deepspeed
-
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=30))
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
-    return rank, world, device
 
 
 def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> tuple:

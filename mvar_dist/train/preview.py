@@ -26,7 +26,7 @@ def sample_grid(ckpt_folder: Path, out_png: Path, per_class: int = 2, seed: int 
     n_cls = cfg.model.num_classes
     labels_B = torch.arange(n_cls).repeat_interleave(per_class)
     with torch.no_grad():
-        _, img_B3HW = model.sample(vae, labels_B, cfg=cfg.eval.cfg, top_k=min(cfg.eval.top_k, cfg.tokenizer.vocab_size),
+        _, img_B3HW = model.sample(vae, labels_B, cfg_scale=cfg.eval.cfg_scale, top_k=min(cfg.eval.top_k, cfg.tokenizer.vocab_size),
                                    top_p=cfg.eval.top_p, seed=seed)
     # One row per class, `per_class` columns.
     img = (img_B3HW.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()

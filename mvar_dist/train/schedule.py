@@ -1,4 +1,4 @@
-"""Learning-rate and weight-decay annealing of the official recipe (model_spec section 3).
+"""Learning-rate and weight-decay annealing of the official recipe (docs/training.md, "The recipe").
 
 Both are pure functions of the optimizer step, so a resumed run gets exactly the values an
 uninterrupted one would: nothing about the schedule is stored in checkpoints.

@@ -1,0 +1,57 @@
+"""Process-group setup shared by the trainer and the sampler: one rule for backend, device and env.
+
+Launched by `deepspeed` or `torchrun`, the launcher's RANK / WORLD_SIZE / LOCAL_RANK / MASTER_* are
+used as they are. As a plain `python` process the trainer still gets a one-rank group (its barriers
+and all-reduces then cost nothing); the sampler, which needs no collective on one rank, does not.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Tuple
+
+import torch
+import torch.distributed as dist
+
+# Long enough for rank 0 to convert a checkpoint to the universal format while the others wait.
+TIMEOUT = datetime.timedelta(minutes=30)
+
+
+def init_process_group(*, single_process: bool) -> Tuple[int, int, torch.device]:
+    """(rank, world_size, device); joins (or creates) the default group, nccl on CUDA and gloo on CPU.
+
+    single_process: also create a group when there is only one process (not launched by torchrun)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not dist.is_initialized():
+        if world > 1 or "MASTER_ADDR" in os.environ:
+            dist.init_process_group(backend, timeout=TIMEOUT)
+        elif single_process:
+            os.environ.setdefault("LOCAL_RANK", "0")  # deepspeed.initialize asserts it is set
+            # An in-memory store: a lone process needs no port, so two of them never collide.
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=TIMEOUT)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    if not torch.cuda.is_available():
+        return rank, world, torch.device("cpu")
+    local = local_device_index(int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count())
+    torch.cuda.set_device(local)
+    return rank, world, torch.device("cuda", local)
+
+
+def local_device_index(local_rank: int, visible: int) -> int:
+    """The CUDA device of this process: LOCAL_RANK among the node's visible GPUs, or 0 when the
+    scheduler gives each process a single GPU (`srun --gpus-per-task=1` sets CUDA_VISIBLE_DEVICES per
+    task, so LOCAL_RANK 5 must use device 0)."""
+    if visible == 1:
+        return 0
+    if not 0 <= local_rank < visible:
+        raise RuntimeError(f"LOCAL_RANK={local_rank} but this process sees {visible} GPU(s): start at most "
+                           f"{visible} processes per node, and set LOCAL_RANK to the rank within the node "
+                           f"(under Slurm: SLURM_LOCALID, see docs/multinode.md)")
+    return local_rank
+
+
+def destroy_process_group() -> None:
+    """Leave the group if one was made; without this a gloo rank sometimes aborts at interpreter exit."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

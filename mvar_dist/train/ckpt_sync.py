@@ -1,0 +1,94 @@
+"""Checkpoint decisions every rank must share: which folder to resume, whether a save was published.
+
+Rank 0 decides and broadcasts the answer, errors included. Ranks that decided on their own could
+load different folders, or one could raise while the others wait in a collective (seen as a gloo
+"connection closed by peer" on the healthy rank).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import torch.distributed as dist
+
+from . import checkpoint as ck
+from . import manifest as mf
+
+
+def stage_dir(cfg) -> Path:
+    """Node-local staging for an s3:// ckpt.dir."""
+    return Path(cfg.ckpt.stage_dir or Path(cfg.out_dir) / "ckpt_stage")
+
+
+def agreed_plan(cfg, rank: int, expect: Dict[str, Any]) -> Optional[ck.ResumePlan]:
+    """ck.plan_resume on rank 0 (verifying files, maybe falling back); every rank returns or raises the same.
+
+    For a remote checkpoint every rank then downloads the files it loads."""
+    box: list = [None]
+    if rank == 0:
+        try:
+            plan = ck.plan_resume(cfg.ckpt.resume, cfg.ckpt.dir, dist.get_world_size(), expect,
+                                  cfg.ckpt.verify, cfg.ckpt.fallback_limit, cfg.ckpt.allow_fallback, stage_dir(cfg))
+            box[0] = ("ok", plan)
+            for note in plan.notes if plan else []:
+                print(note, flush=True)
+        except (ValueError, FileNotFoundError) as e:
+            # Sent as text: exception objects with extra constructor arguments do not unpickle.
+            box[0] = (type(e).__name__, str(e))
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind != "ok":
+        raise (FileNotFoundError if kind == "FileNotFoundError" else ValueError)(value)
+    if value is not None and value.remote:
+        _fetch_agreed(value, rank)
+    return value
+
+
+def _fetch_agreed(plan: ck.ResumePlan, rank: int) -> None:
+    """Each rank downloads its shards, RNG file and the loader/meta files; a failure anywhere stops all."""
+    from . import remote
+
+    try:
+        root, name = plan.remote.rsplit("/", 1)
+        store = remote.RemoteRoot(root)
+        files = mf.parse_marker(store.read_text(name, mf.MARKER)) or {}
+        rels = remote.files_for_rank(files, rank)
+        store.download(name, rels, plan.folder)
+        error = mf.verify_entries(files, lambda r: _local_size(plan.folder / r), None, "size", rels) or ""
+    except Exception as e:  # every rank must reach the gather below
+        error = f"{type(e).__name__}: {e}"
+    errors = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    failed = [f"rank {r}: {e}" for r, e in enumerate(errors) if e]
+    if failed:
+        raise ValueError(f"downloading {plan.remote} failed: {'; '.join(failed)}")
+
+
+def _local_size(path: Path) -> Optional[int]:
+    return path.stat().st_size if path.is_file() else None
+
+
+def publish_agreed(writer: ck.CheckpointWriter, step: int, report: Dict[str, Any], world: int,
+                   message: Callable[[str], None]) -> Optional[str]:
+    """Gather every rank's file report; rank 0 writes the marker only if all are good.
+
+    Returns None when published, else the reason (the same text on every rank)."""
+    reports = [None] * world
+    dist.all_gather_object(reports, report)
+    box: list = [None]
+    if writer.rank == 0:
+        try:
+            writer.publish(step, {}, reports)
+            message(f"[train] checkpoint {writer.final_folder(step)}")
+        except (OSError, ValueError) as e:
+            box[0] = str(e)
+            # Unpublished, so never loaded; removing it now frees the disk before the next save.
+            shutil.rmtree(writer.tmp_folder(step), ignore_errors=True)
+    dist.broadcast_object_list(box, src=0)
+    if writer.remote is not None:  # uploaded or given up: the staged copy is done with, on every node
+        dist.barrier()
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            shutil.rmtree(writer.tmp_folder(step), ignore_errors=True)
+    return box[0]
