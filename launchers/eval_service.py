@@ -49,6 +49,11 @@ def parse(argv):
     p.add_argument("--pack-npz", action="store_true", help="also pack each sample folder into an arr_0 .npz")
     p.add_argument("--no-tensorboard", action="store_true")
     p.add_argument("--fetch-inception", metavar="DIR", help="download the standard Inception weights, then exit")
+    p.add_argument("--kind", choices=("model", "tokenizer"), default="model",
+                   help="tokenizer: watch tokenizer-trainer roots (PSNR/SSIM/LPIPS/rFID/usage, needs --images; "
+                        "results <work-dir>/tokenizer_results.csv; see launchers/eval_tokenizer.py)")
+    p.add_argument("--images", default=None, help="--kind tokenizer: held-out ImageFolder dir")
+    p.add_argument("--lpips-vgg", default="", help="--kind tokenizer: torchvision vgg16 state dict for LPIPS")
     p.add_argument("overrides", nargs="*", help="dotted config overrides such as eval.cfg_scale=2.0")
     return p.parse_args(argv)
 
@@ -59,6 +64,25 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def watch_tokenizers(a) -> int:
+    """The tokenizer kind: each complete tokenizer step folder under --roots is evaluated once."""
+    from mvar_dist.tokenizer.evaluation.evaluate import TokEvalOptions
+    from mvar_dist.tokenizer.evaluation.service import TokenizerEvalService
+
+    opts = TokEvalOptions(images=a.images or "", lpips_vgg=a.lpips_vgg, inception_weights=a.inception_weights or "",
+                          batch_size=a.batch_size or 16, device=a.device)
+    try:
+        service = TokenizerEvalService(a.roots, a.work_dir, opts, poll_s=a.poll)
+        service.watch(max_passes=1 if a.once else None)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    print(f"[tok-eval] results: {service.table.path}")
+    return 0
+
+
 def main(argv=None) -> int:
     a = parse(argv)
     if a.fetch_inception:
@@ -66,6 +90,8 @@ def main(argv=None) -> int:
     if not a.roots:
         print("error: --roots is required", file=sys.stderr)
         return 2
+    if a.kind == "tokenizer":
+        return watch_tokenizers(a)
     from mvar_dist.config import ConfigError, load_config
     from mvar_dist.eval.inception import InceptionWeightsError
     from mvar_dist.eval.reference import ReferenceError

@@ -126,3 +126,23 @@ def demo_images(tmp_path_factory) -> Path:
     from mvar_dist.demo_data import write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("demo_data"), images_per_class=4, size=64, seed=0)
+
+
+@pytest.fixture
+def one_thread():
+    """torch (and numpy's BLAS) on one thread: on the 2 shared cores intra-op threads of small ops
+    spin against each other and run several times slower than one thread. Only a matter of speed."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        limits = threadpool_limits(1)
+    except ImportError:
+        limits = None
+    yield
+    torch.set_num_threads(n)
+    if limits is not None:
+        limits.restore_original_limits()

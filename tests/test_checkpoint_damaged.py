@@ -101,3 +101,41 @@ def test_s3_failed_upload_leaves_no_marker_and_resume_continues(reference, moto_
     assert store.names(complete_only=False) == ["step_00000012"]  # the partial upload was cleaned, 8 retired
     assert store.problem("step_00000012", "hash") is None
     assert not any((out / "ckpt_stage").glob(".tmp.*"))  # staged copies are removed after upload
+
+
+def test_s3_checkpoint_resumed_on_one_rank(reference, moto_s3, tmp_path):
+    """A 2-rank run saving to S3, resumed on 1 rank: rank 0 downloads ds/state, converts it once and
+    uploads ds/universal (with its own marker); the losses continue as the uninterrupted 2-rank run's."""
+    from mvar_dist.train import checkpoint as ck
+    from mvar_dist.train.remote import RemoteRoot
+
+    shards, ref_out = reference
+    root = f"s3://{moto_s3[1]}/elastic/checkpoints"
+    out = tmp_path / "two"
+    p = run_train(2, [*COMMON, f"data.shards={shards}", f"out_dir={out}", f"ckpt.dir={root}"])
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    store = RemoteRoot(root)
+    assert store.names() == ["step_00000008", "step_00000012"]
+
+    one = tmp_path / "one"
+    # micro batch 4 on one rank = 2 accumulation steps for the same global batch of 8; another root to save in.
+    args = ["--resume", f"{root}/step_00000008", *COMMON, f"data.shards={shards}", f"out_dir={one}",
+            f"ckpt.dir=s3://{moto_s3[1]}/elastic1/checkpoints", "optim.micro_batch=4"]
+    p = run_train(1, args)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert f"converting {root}/step_00000008 to the universal format" in p.stdout
+    assert "universal conversion from world size 2" in p.stdout and "x accum 2" in p.stdout
+    assert store.fs.exists(f"{store.base}/step_00000008/ds/universal/{ck.MARKER}")  # cached for later resumes
+    assert store.problem("step_00000008", "hash") is None  # the marker still verifies the folder
+    ref, got = _losses(ref_out), _losses(one)
+    assert sorted(got) == list(range(9, MAX_STEPS + 1))
+    for s in got:
+        assert got[s]["fingerprint"] == ref[s]["fingerprint"], s  # same samples in the same global batches
+        assert got[s]["loss"] == pytest.approx(ref[s]["loss"], abs=1e-5), s
+    print("max |loss - ref| at 2->1 from S3:", max(abs(got[s]["loss"] - ref[s]["loss"]) for s in got))
+
+    p = run_train(1, [*args, f"out_dir={tmp_path / 'again'}", f"ckpt.dir=s3://{moto_s3[1]}/elastic2/checkpoints"])
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "converting" not in p.stdout and "universal conversion from world size 2" in p.stdout  # the cached copy
+    again = _losses(tmp_path / "again")
+    assert all(again[s]["loss"] == got[s]["loss"] for s in got)

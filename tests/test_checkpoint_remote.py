@@ -65,8 +65,8 @@ def test_remote_resume_verifies_and_falls_back(moto_s3, tmp_path):
     assert plan.remote == f"{root}/step_00000004" and plan.folder == tmp_path / "dl" / "step_00000004"
     assert any("step_00000008 is damaged" in n for n in plan.notes)
     assert store.names() == ["step_00000004"] and store.exists("damaged.step_00000008")  # kept, not deleted
-    with pytest.raises(ValueError, match="not supported yet"):
-        ck.plan_resume("auto", root, 1, {}, stage_dir=tmp_path / "dl")
+    other = ck.plan_resume("auto", root, 1, {}, stage_dir=tmp_path / "dl")  # another world size: universal copy
+    assert other.universal and other.tag == ck.UNIVERSAL_TAG and other.remote == f"{root}/step_00000004"
 
 
 def test_eval_service_skips_damaged_remote_checkpoint(moto_s3, tmp_path):
@@ -89,3 +89,34 @@ def test_eval_service_skips_damaged_remote_checkpoint(moto_s3, tmp_path):
     assert [r["checkpoint_id"] for r in svc.run_once()] == ["runA/step_00000010"]
     assert any("runA/step_00000020: skipped" in line and "config.yaml has" in line for line in logs)
     assert not (tmp_path / "eval" / "staged" / "runA" / "step_00000020").exists()  # the bad copy is dropped
+
+
+def test_universal_copy_upload_and_download(moto_s3, tmp_path):
+    """The cached universal copy of a remote checkpoint: uploaded with its own marker (last), downloaded
+    whole by a rank on another node with sizes checked; a half-uploaded copy (no marker) does not count."""
+    from mvar_dist.train import remote
+
+    root = f"s3://{moto_s3[1]}/u/checkpoints"
+    _save_remote(root, tmp_path / "stage", 4)
+    store = RemoteRoot(root)
+    assert not remote.has_universal(store, "step_00000004")
+    made = tmp_path / "rank0" / "step_00000004"
+    for rel, data in (("zero/blocks.0.w/fp32.pt", b"a" * 10), ("zero/blocks.0.w/exp_avg.pt", b"b" * 7),
+                      ("mp_rank_00_model_states.pt", b"c" * 5), (ck.MARKER, b"")):
+        _write(made / "ds" / "universal", rel, data)
+    remote.upload_universal(store, "step_00000004", made)
+    assert remote.has_universal(store, "step_00000004")
+    assert store.problem("step_00000004", "hash") is None  # the step's own marker is untouched
+
+    other = tmp_path / "rank1" / "step_00000004"
+    assert remote.download_universal(store, "step_00000004", other) is None
+    got = sorted(p.relative_to(other).as_posix() for p in other.rglob("*") if p.is_file())
+    assert got == ["ds/universal/COMPLETE", "ds/universal/mp_rank_00_model_states.pt",
+                   "ds/universal/zero/blocks.0.w/exp_avg.pt", "ds/universal/zero/blocks.0.w/fp32.pt"]
+    assert (other / "ds/universal/zero/blocks.0.w/fp32.pt").read_bytes() == b"a" * 10
+
+    store.fs.pipe_file(f"{store.base}/step_00000004/ds/universal/zero/blocks.0.w/fp32.pt", b"a" * 9)
+    third = tmp_path / "rank2" / "step_00000004"
+    assert "zero/blocks.0.w/fp32.pt has 9 bytes, the marker says 10" in remote.download_universal(
+        store, "step_00000004", third)
+    assert not (third / "ds/universal" / ck.MARKER).exists()  # not trusted by another rank of this node

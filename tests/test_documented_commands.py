@@ -29,6 +29,10 @@ DEEPSPEED_HELP = tool("deepspeed", "--help", expect=("--num_gpus", "--hostfile",
 TORCHRUN_HELP = tool("torchrun", "--help", expect="--nproc_per_node", slow=True)
 RAY_SUBMIT_HELP = tool("ray", "job", "submit", "--help", expect="--address")
 TOK_TRAIN_HELP = py("launchers/train_tokenizer.py", "--help", expect=("dotted overrides", "--resume", "--config"))
+TOK_EVAL_HELP = py("launchers/eval_tokenizer.py", "--help",
+                   expect=("--checkpoint", "--images", "--lpips-vgg", "--inception-weights", "--results", "--watch"))
+TOK_EVAL_SERVICE_HELP = py("launchers/eval_service.py", "--help", expect=("--kind", "--images", "--lpips-vgg"),
+                           slow=True)
 TORCH_DIST_RUN_HELP = py("-m", "torch.distributed.run", "--help", expect="--nproc_per_node", slow=True)
 SAMPLE_HELP = py("launchers/sample.py", "--help", expect=("sample", "pack", "reference", "metrics"), slow=True)
 EVAL_HELP = py("launchers/eval_service.py", "--help", expect=("--roots", "--once", "--fetch-inception"), slow=True)
@@ -165,6 +169,14 @@ COVERED: Dict[str, Tuple[Cheap, ...]] = {
     "python -m torch.distributed.run --nproc_per_node 2 launchers/train_tokenizer.py data.root=data/images"
     " out_dir=runs/tok": (TORCH_DIST_RUN_HELP, TOK_TRAIN_HELP),
     "deepspeed launchers/train_tokenizer.py ...": (DEEPSPEED_HELP, TOK_TRAIN_HELP),
+    # tokenizer evaluation (docs/tokenizer_training.md, "Evaluating a tokenizer")
+    "python launchers/eval_tokenizer.py --help": (TOK_EVAL_HELP,),
+    "python launchers/eval_tokenizer.py --checkpoint runs/tok/export/vae.safetensors --images data/val"
+    " --results outputs/eval": (TOK_EVAL_HELP,),
+    "python launchers/eval_tokenizer.py --checkpoint runs/tok/ckpt/step_00010000 --images data/val"
+    " --lpips-vgg vgg16.pth --inception-weights pt_inception-2015-12-05-6726825d.pth": (TOK_EVAL_HELP,),
+    "python launchers/eval_service.py --kind tokenizer --roots runs/tok --images data/val --work-dir outputs/eval"
+    " --once": (TOK_EVAL_SERVICE_HELP,),
     # multi-node launches (docs/multinode.md): the launchers' flags, the script, the config with its overrides
     MN_DS: (MN_DEEPSPEED_HELP, TRAIN_HELP, MN_CONFIG),
     MN_DS_NO_SSH: (MN_DEEPSPEED_HELP, TRAIN_HELP, MN_CONFIG),
@@ -249,6 +261,15 @@ ELSEWHERE: Dict[str, str] = {
         "tests/test_tokenizer_training_run.py::test_documented_commands: `--resume none`, missing folder",
     "python -m torch.distributed.run --nproc_per_node 2 launchers/train_tokenizer.py data.root=data/images"
     " out_dir=runs/tok": "tests/test_tokenizer_training_run.py::test_two_gloo_ranks_equal_one_rank",
+    "python launchers/eval_tokenizer.py --checkpoint runs/tok/export/vae.safetensors --images data/val"
+    " --results outputs/eval":
+        "tests/test_tokenizer_eval.py::test_command_row_contents_and_idempotent: tiny .safetensors/.pth, 6 images",
+    "python launchers/eval_tokenizer.py --checkpoint runs/tok/ckpt/step_00010000 --images data/val"
+    " --lpips-vgg vgg16.pth --inception-weights pt_inception-2015-12-05-6726825d.pth":
+        "tests/test_tokenizer_eval.py::test_command_row_contents_and_idempotent: random LPIPS/Inception weights "
+        "(step folders: test_service_evaluates_each_tokenizer_step_once)",
+    "python launchers/eval_service.py --kind tokenizer --roots runs/tok --images data/val --work-dir outputs/eval"
+    " --once": "tests/test_tokenizer_eval.py::test_service_evaluates_each_tokenizer_step_once: a tiny trainer run",
     "make sweep-demo": "tests/test_scaling_runner.py::test_launcher_plan_and_run: the same CLI `run` (stand-in "
                        "trainer); the real demo takes minutes (docs/scaling_laws.md, CPU demo)",
     "python launchers/scaling_sweep.py run cpu_demo": "tests/test_scaling_runner.py::test_launcher_plan_and_run",

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 from s3_utils import free_port, moto_s3  # noqa: F401
-from test_eval_service import _one_thread, write_checkpoint  # noqa: F401 (autouse fixture)
+from test_eval_service import write_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "tests")}

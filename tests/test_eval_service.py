@@ -8,21 +8,7 @@ import torch
 from mvar_dist.eval.service import EvalService, ServiceOptions
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the 2 shared cores are oversubscribed: intra-op threads then spin and run ~10x slower than one thread
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:  # numpy's BLAS as well (the 2048-dim eigensolvers): optional, only a matter of speed
-        from threadpoolctl import threadpool_limits
-
-        limits = threadpool_limits(1)
-    except ImportError:
-        limits = None
-    yield
-    torch.set_num_threads(n)
-    if limits is not None:
-        limits.restore_original_limits()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_checkpoint(run_dir, step, complete=True):

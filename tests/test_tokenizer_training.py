@@ -18,16 +18,10 @@ from mvar_dist.tokenizer.training.quant import dropout_stop, quantize_train
 from mvar_dist.tokenizer.training.state import export_copy, find_resume
 from mvar_dist.tokenizer.training.trainer import TokenizerTrainer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = ["tokenizer.ch=32", "tokenizer.ch_mult=[1,1]", "tokenizer.vocab_size=64", "tokenizer.z_channels=8",
         "tokenizer.patch_nums=[1,2,4,8]", "tokenizer.resolution=16", "data.min_side=8", "data.num_workers=0"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convs: threads only fight over the shared cores
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_cfg(tmp_path: Path, *extra: str):

@@ -13,16 +13,10 @@ from mvar_dist.tokenizer.training import lpips as L
 from mvar_dist.tokenizer.training.config import load_tok_config
 from mvar_dist.tokenizer.training.trainer import TokenizerTrainer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = ["tokenizer.ch=32", "tokenizer.ch_mult=[1,1]", "tokenizer.vocab_size=64", "tokenizer.z_channels=8",
         "tokenizer.patch_nums=[1,2,4,8]", "tokenizer.resolution=16"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def random_files(tmp_path: Path, seed: int = 0):

@@ -21,20 +21,14 @@ from mvar_dist.tokenizer.training.run import fit
 from mvar_dist.tokenizer.training.state import export_generator
 from mvar_dist.tokenizer.training.trainer import TokenizerTrainer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "launchers" / "train_tokenizer.py"
 TINY = ["tokenizer.ch=32", "tokenizer.ch_mult=[1,1]", "tokenizer.vocab_size=64", "tokenizer.z_channels=8",
         "tokenizer.patch_nums=[1,2,4,8]", "tokenizer.resolution=16", "data.min_side=8", "data.num_workers=0",
         "optim.global_batch=4", "log.every=1", "optim.lr=1e-3"]
 PERF_KEYS = {"images_per_s"}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

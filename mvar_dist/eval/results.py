@@ -58,17 +58,19 @@ COLUMNS = (["checkpoint_id", "protocol_hash", "run", "step", "status", "note"] +
            + PROTOCOL_COLUMNS + ["model_sha256", "sample_dir", "wall_s", "created"])
 
 
-class ResultsTable:
-    """`has(ckpt, proto_hash)`, `get(...)`, `upsert(row)`, `rows()` over `<root>/eval_results.csv`."""
+class KeyedCsvTable:
+    """Rows keyed by (checkpoint_id, protocol_hash) in one CSV file, rewritten atomically under a file lock.
 
-    def __init__(self, root):
-        self.root = Path(root)
-        self.path = self.root / RESULTS_NAME
-        self.root.mkdir(parents=True, exist_ok=True)
+    columns: the fixed columns, in order. open_columns: rows may add more (appended after `columns`);
+    otherwise an unknown column is refused."""
+
+    def __init__(self, path, columns: List[str], open_columns: bool = False, kind: str = "results"):
+        self.path, self.columns, self.open_columns, self.kind = Path(path), list(columns), open_columns, kind
+        self.path.parent.mkdir(parents=True, exist_ok=True)
 
     @contextmanager
     def _locked(self):
-        with open(self.root / (RESULTS_NAME + ".lock"), "a") as lock:
+        with open(str(self.path) + ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -81,7 +83,7 @@ class ResultsTable:
         with open(self.path, newline="") as f:
             reader = csv.DictReader(f)
             if reader.fieldnames and not {"checkpoint_id", "protocol_hash"} <= set(reader.fieldnames):
-                raise ValueError(f"{self.path}: not an eval results table (columns {reader.fieldnames})")
+                raise ValueError(f"{self.path}: not a {self.kind} table (columns {reader.fieldnames})")
             return list(reader)
 
     def rows(self) -> List[Dict[str, str]]:
@@ -89,10 +91,8 @@ class ResultsTable:
             return self._read()
 
     def get(self, checkpoint_id: str, protocol_hash: str) -> Optional[Dict[str, str]]:
-        for row in self.rows():
-            if row["checkpoint_id"] == checkpoint_id and row["protocol_hash"] == protocol_hash:
-                return row
-        return None
+        return next((r for r in self.rows()
+                     if r["checkpoint_id"] == checkpoint_id and r["protocol_hash"] == protocol_hash), None)
 
     def has(self, checkpoint_id: str, protocol_hash: str) -> bool:
         return self.get(checkpoint_id, protocol_hash) is not None
@@ -102,14 +102,25 @@ class ResultsTable:
         missing = [c for c in ("checkpoint_id", "protocol_hash") if not row.get(c)]
         if missing:
             raise ValueError(f"results row lacks {missing}")
-        unknown = sorted(set(row) - set(COLUMNS))
-        if unknown:
+        unknown = sorted(set(row) - set(self.columns))
+        if unknown and not self.open_columns:
             raise ValueError(f"results row has unknown columns {unknown}")
-        key = (row["checkpoint_id"], row["protocol_hash"])
+        key = (str(row["checkpoint_id"]), str(row["protocol_hash"]))
         with self._locked():
             rows = [r for r in self._read() if (r["checkpoint_id"], r["protocol_hash"]) != key]
-            rows.append({c: ("" if row.get(c) is None else row[c]) for c in COLUMNS})
+            rows.append({k: ("" if v is None else v) for k, v in row.items()})
+            cols = list(self.columns)
+            for r in rows if self.open_columns else ():
+                cols += [k for k in r if k not in cols]
             with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+                w = csv.DictWriter(f, fieldnames=cols, restval="", extrasaction="ignore")
                 w.writeheader()
                 w.writerows(rows)
+
+
+class ResultsTable(KeyedCsvTable):
+    """The generator evaluation table `<root>/eval_results.csv` (fixed columns)."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        super().__init__(self.root / RESULTS_NAME, COLUMNS, kind="eval results")

@@ -181,9 +181,6 @@ def plan_resume(resume: str, root, world_size: int, expect: Dict[str, Any], veri
     check_meta_compatible(meta, expect, store.uri_of(name))
     universal = int(meta["world_size"]) != world_size
     remote = "" if isinstance(store, LocalRoot) else store.uri_of(name)
-    if remote and universal:
-        raise ValueError(f"{remote} was saved by {meta['world_size']} ranks; resuming an s3:// checkpoint at another "
-                         f"world size is not supported yet: copy it to a local ckpt.dir first")
     folder = Path(stage_dir) / name if remote else store.root / name
     return ResumePlan(folder, meta, UNIVERSAL_TAG if universal else DS_TAG, universal, notes, remote)
 

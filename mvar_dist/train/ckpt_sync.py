@@ -47,18 +47,51 @@ def agreed_plan(cfg, rank: int, expect: Dict[str, Any]) -> Optional[ck.ResumePla
 
 
 def _fetch_agreed(plan: ck.ResumePlan, rank: int) -> None:
-    """Each rank downloads its shards, RNG file and the loader/meta files; a failure anywhere stops all."""
+    """Each rank downloads what it loads; a failure anywhere stops all.
+
+    Same world size: its shards, RNG file and the loader/meta files. Another world size: rank 0 first
+    makes the universal copy unless the remote folder has one (downloads all of ds/state, converts,
+    uploads ds/universal with its own marker: later resumes reuse it), then every rank downloads it."""
     from . import remote
 
+    root, name = plan.remote.rsplit("/", 1)
+    store = None
+
+    def fetch(rels):
+        store.download(name, rels, plan.folder)
+        return mf.verify_entries(files, lambda r: _local_size(plan.folder / r), None, "size", rels) or ""
+
+    files, error, converted = {}, "", False
     try:
-        root, name = plan.remote.rsplit("/", 1)
         store = remote.RemoteRoot(root)
         files = mf.parse_marker(store.read_text(name, mf.MARKER)) or {}
-        rels = remote.files_for_rank(files, rank)
-        store.download(name, rels, plan.folder)
-        error = mf.verify_entries(files, lambda r: _local_size(plan.folder / r), None, "size", rels) or ""
+        if plan.universal and rank == 0 and not remote.has_universal(store, name):
+            print(f"[train] converting {plan.remote} to the universal format (saved by {plan.meta['world_size']} "
+                  f"ranks), then uploading {remote.UNIVERSAL}", flush=True)
+            error = fetch(sorted(r for r in files if r.startswith(f"{ck.DS_DIR}/{ck.DS_TAG}/")))
+            if not error:
+                ck.ensure_universal(plan.folder)
+                remote.upload_universal(store, name, plan.folder)
+                converted = True
     except Exception as e:  # every rank must reach the gather below
         error = f"{type(e).__name__}: {e}"
+    if plan.universal:
+        _raise_failed(plan, error)
+        error = ""
+    try:
+        if plan.universal:
+            error = fetch(["meta.json", "loader.json"])
+            if not error and not converted:  # rank 0 has the copy it made
+                error = remote.download_universal(store, name, plan.folder) or ""
+        elif not error:
+            error = fetch(remote.files_for_rank(files, rank))
+    except Exception as e:
+        error = f"{type(e).__name__}: {e}"
+    _raise_failed(plan, error)
+
+
+def _raise_failed(plan: ck.ResumePlan, error: str) -> None:
+    """Gather every rank's error ("" = fine); raise the same ValueError on every rank if any failed."""
     errors = [None] * dist.get_world_size()
     dist.all_gather_object(errors, error)
     failed = [f"rank {r}: {e}" for r, e in enumerate(errors) if e]
@@ -76,7 +109,12 @@ def publish_agreed(writer: ck.CheckpointWriter, step: int, report: Dict[str, Any
 
     Returns None when published, else the reason (the same text on every rank)."""
     reports = [None] * world
-    dist.all_gather_object(reports, report)
+    try:
+        dist.all_gather_object(reports, report)
+    except RuntimeError as e:  # a rank died mid-save (gloo: "Connection closed by peer"; or the timeout)
+        raise RuntimeError(f"checkpoint step {step} not published (no marker): collecting the ranks' reports "
+                           f"failed, another rank probably died ({e}); restart every node with --resume auto, "
+                           f"which loads the newest complete checkpoint") from e
     box: list = [None]
     if writer.rank == 0:
         try:
