@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from stripe_images import write_stripe_images
 import torch
 
 from mvar_dist.tokenizer import MultiScaleVQVAE
@@ -93,19 +94,7 @@ def test_ssim_matches_direct_reference_and_properties():
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory) -> Path:
     """2 classes x 3 PNGs (24x20 px, smooth stripes) and one corrupt file."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("tok_eval_imgs")
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:20, 0:24] / 20.0
-    for c in range(2):
-        (root / f"c{c}").mkdir()
-        for i in range(3):
-            f, ph = rng.uniform(1, 3, 3), rng.uniform(0, 6, 3)
-            arr = np.stack([np.sin(2 * np.pi * f[k] * (xx if c else yy) + ph[k]) for k in range(3)], -1)
-            Image.fromarray(((arr + 1) * 127.5).astype(np.uint8)).save(root / f"c{c}" / f"{i}.png")
-    (root / "c1" / "broken.png").write_bytes(b"not an image")
-    return root
+    return write_stripe_images(tmp_path_factory.mktemp("tok_eval_imgs"), 3, 20, 24, broken_class=1)
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+from stripe_images import write_stripe_images
 import torch
 
 from mvar_dist.tokenizer import MultiScaleVQVAE
@@ -34,19 +34,7 @@ PERF_KEYS = {"images_per_s"}
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory) -> Path:
     """2 classes x 6 PNGs of 24 px (sinusoid stripes) and one corrupt file."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("tok_imgs")
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:24, 0:24] / 24.0
-    for c in range(2):
-        (root / f"c{c}").mkdir()
-        for i in range(6):
-            f, ph = rng.uniform(1, 3, 3), rng.uniform(0, 6, 3)
-            arr = np.stack([np.sin(2 * np.pi * f[k] * (xx if c else yy) + ph[k]) for k in range(3)], -1)
-            Image.fromarray(((arr + 1) * 127.5).astype(np.uint8)).save(root / f"c{c}" / f"{i}.png")
-    (root / "c0" / "broken.png").write_bytes(b"not an image")
-    return root
+    return write_stripe_images(tmp_path_factory.mktemp("tok_imgs"), 6, 24, 24)
 
 
 def records(run: Path):
