@@ -126,7 +126,7 @@ def main() -> None:
     for depth in args.depths:
         for arch in args.archs:
             model = build(arch, depth, args, device).eval()
-            modes = [("incremental", True)] + ([("recompute (official M-VAR)", False)] if arch == "mvar" else [])
+            modes = [("incremental", True)] + ([("recompute (official M-VAR)", False)] if model.spec.has_mamba else [])
             for name, inc in modes:
                 print(f"| {arch} | {depth} | {name} | {bench_sample(model, vae, args, device, dtype, inc):.2f} |",
                       flush=True)

@@ -6,7 +6,7 @@ import yaml
 from mvar_dist.config import (ConfigError, RunConfig, build_config, list_presets, load_config, parse_overrides,
                               save_config, to_dict)
 
-OFFICIAL = {  # depth: (global batch, epochs, tblr, alng, wpe, twde, warm-up epochs), model_spec.md section 3
+OFFICIAL = {  # depth: (global batch, epochs, tblr, alng, wpe, twde, warm-up epochs), docs/training.md "The recipe"
     12: (768, 200, 1e-4, 1e-3, 0.1, 0.05, 4), 16: (768, 200, 1e-4, 1e-3, 0.1, 0.05, 4),
     20: (768, 250, 1e-4, 1e-3, 0.1, 0.05, 5), 24: (768, 350, 8e-5, 1e-4, 0.01, 0.05, 7),
     30: (1024, 350, 8e-5, 1e-5, 0.01, 0.08, 7),

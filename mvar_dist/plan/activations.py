@@ -48,7 +48,7 @@ def attention_bytes(s: ModelShapes, a: int) -> int:
 
 def mamba_bytes(s: ModelShapes, a: int, impl: str) -> int:
     """in_proj output (z | xBC | dt), causal conv, dt, SSD scan, gated RMSNorm, out_proj input."""
-    if s.arch != "mvar":
+    if not s.has_mamba:
         return 0
     L, I, K, Hm, N = s.tokens, s.d_inner, s.conv_dim, s.mamba_heads, s.d_state
     per_token = s.in_proj_out * a            # z, xBC, dt: one fused tensor, views share it
@@ -84,7 +84,7 @@ def ffn_bytes(s: ModelShapes, a: int) -> int:
 
 def block_terms(s: ModelShapes, a: int, impl: str) -> Dict[str, int]:
     """Saved bytes per image of one block, by part."""
-    branches = 3 if s.arch == "mvar" else 2
+    branches = 3 if s.has_mamba else 2  # attention, FFN (+ Mamba)
     return {
         # + silu(cond) and the ada_lin output, per image
         "norm+modulation": branches * _branch_common(s, a) + (1 + s.n_chunks) * s.width * a,

@@ -18,6 +18,7 @@ class ModelShapes:
     num_heads: int            # attention heads H
     hidden: int               # FFN hidden F
     n_chunks: int             # AdaLN rows per block (9 M-VAR, 6 VAR)
+    has_mamba: bool           # a Mamba2 branch per block (M-VAR)
     attn_l2_norm: bool
     patch_nums: Tuple[int, ...]
     tokens: int               # L = sum(pn^2)
@@ -85,6 +86,7 @@ def shapes_of(model, persistence_threshold: Optional[int] = None, tokenizer_para
     return ModelShapes(
         arch=str(model.arch), depth=int(model.depth), width=C, num_heads=int(blk.attn.num_heads),
         hidden=int(blk.ffn.fc1.out_features), n_chunks=int(blk.ada_lin[-1].out_features) // C,
+        has_mamba=m is not None,
         attn_l2_norm=bool(getattr(blk.attn, "l2_norm", True)), patch_nums=tuple(model.patch_nums),
         tokens=int(model.L), first_l=int(model.first_l), z_channels=int(model.z_channels),
         vocab_size=int(model.vocab_size), num_params=sum(numels), largest_module_params=int(largest),

@@ -1,5 +1,5 @@
 """Codebook health: per-scale usage and perplexity, and dead-code re-initialisation from recent
-encoder residuals (a known cure for coarse-scale codebook collapse, tokenizer_training_notes).
+encoder residuals (a known cure for coarse-scale codebook collapse; docs/tokenizer_training.md).
 
 Counts are kept per scale over a log interval and summed over ranks before they are reported.
 "Last used" steps are reduced with MAX over ranks at each check, so every rank finds the same dead
