@@ -5,8 +5,10 @@ written by global rank 0 after every rank reported a successful upload, is what 
 a folder without the marker (a failed or killed upload) is invisible to resume and to the
 evaluation service, and is deleted at the next start. Each rank saves into node-local staging
 (`ckpt.stage_dir`), uploads the files it wrote and, on resume, downloads the files it loads, so no
-node needs a filesystem shared with the others. Retention deletes the marker first, so a folder
-being deleted never looks complete.
+node needs a filesystem shared with the others. Resumed at another world size, global rank 0 makes
+the universal copy (all of ds/state downloaded, converted) and uploads it as ds/universal with its
+own marker; every rank then downloads that (ckpt_sync.py). Retention deletes the marker first, so a
+folder being deleted never looks complete.
 """
 from __future__ import annotations
 
