@@ -408,17 +408,18 @@ def test_cheap_form_runs(cheap, tmp_path):
 
 
 @pytest.mark.slow
-def test_make_sweep_demo_sweep_resolves_as_the_makefile_names_it(tmp_path):
-    """`make sweep-demo` ends in `scaling_sweep.py run <sweep>`: that exact sweep argument must plan."""
+def test_make_sweep_demo_sweep_resolves_as_the_makefile_names_it(tmp_path, monkeypatch):
+    """`make sweep-demo` ends in `scaling_sweep.py run <sweep>`: that exact argument must name the shipped
+    sweep from any folder (planning that sweep is the `run cpu_demo --dry-run` cheap form above)."""
+    from mvar_dist.scaling.sweep import SweepError, load_sweep
+
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     recipe = subprocess.run(["make", "-n", "sweep-demo"], cwd=REPO, capture_output=True, text=True, timeout=60,
                             env=make_env()).stdout
     runs = [shlex.split(line) for line in recipe.splitlines() if "scaling_sweep.py" in line]
     assert len(runs) == 1 and runs[0][-2] == "run", recipe
-    plan = subprocess.run([sys.executable, str(REPO / "launchers" / "scaling_sweep.py"), "plan", runs[0][-1]],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)  # from another folder
-    assert plan.returncode == 0 and "sweep cpu_demo: 6 runs" in plan.stdout, plan.stderr
-    bad = subprocess.run([sys.executable, str(REPO / "launchers" / "scaling_sweep.py"), "plan", "sweeps/nope"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "cpu_demo, var_mvar_scaling" in bad.stderr, bad.stderr
+    monkeypatch.chdir(tmp_path)  # from another folder
+    assert load_sweep(runs[0][-1]).name == "cpu_demo"
+    with pytest.raises(SweepError, match="cpu_demo, var_mvar_scaling"):
+        load_sweep("sweeps/nope")
