@@ -139,10 +139,14 @@ def apply_mapping(obj: Any, data: Mapping[str, Any], prefix: str = "") -> None:
             setattr(obj, k, _coerce(key, v, hints[k]))
 
 
-def build_config(data: Mapping[str, Any], overrides: Iterable[str] = ()) -> RunConfig:
-    cfg = RunConfig()
+def fill_config(cfg: Any, data: Mapping[str, Any], overrides: Iterable[str] = ()) -> Any:
+    """A config dataclass filled from YAML data with the dotted overrides on top (unvalidated); returns cfg."""
     apply_mapping(cfg, deep_merge(dict(data), parse_overrides(overrides)))
-    return cfg.resolve()
+    return cfg
+
+
+def build_config(data: Mapping[str, Any], overrides: Iterable[str] = ()) -> RunConfig:
+    return fill_config(RunConfig(), data, overrides).resolve()
 
 
 def load_config(name_or_path: Optional[PathLike] = None, overrides: Iterable[str] = ()) -> RunConfig:

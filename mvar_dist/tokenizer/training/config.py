@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 from mvar_dist.config.errors import ConfigError
-from mvar_dist.config.loader import apply_mapping, deep_merge, read_yaml_tree, parse_overrides
+from mvar_dist.config.loader import fill_config, read_yaml_tree
 from mvar_dist.config.schema import TokenizerConfig
 
 
@@ -135,6 +135,4 @@ def load_tok_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -
     if path and not Path(path).is_file():
         raise ConfigError("config", f"no config file {path}")
     data = read_yaml_tree(Path(path).resolve()) if path else {}
-    cfg = TokTrainConfig()
-    apply_mapping(cfg, deep_merge(dict(data), parse_overrides(overrides)))
-    return cfg.validate()
+    return fill_config(TokTrainConfig(), data, overrides).validate()
