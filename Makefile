@@ -46,10 +46,10 @@ test-fast: $(STAMP)
 	$(PY) -m pytest tests -m "not slow" -q
 
 clean-demo:
-	rm -rf outputs/demo_data outputs/demo128
+	rm -rf outputs/demo_data outputs/demo
 
-# CPU scaling sweep over tiny VAR/M-VAR models: results table, fits, plots under outputs/sweeps/cpu_demo/
+# CPU scaling sweep over tiny VAR/M-VAR models on the demo tokenizer's tokens (the demo's first stages,
+# skipped when done): results table, fits, FD-demo and plots under outputs/sweeps/cpu_demo/
 sweep-demo: $(STAMP)
-	$(PY) -m mvar_dist demo-data outputs/demo_data64 --per-class 8 --size 64
-	test -f outputs/sweeps/cpu_demo/shards/manifest.json || $(PY) launchers/pretokenize.py --config mvar_tiny --source outputs/demo_data64 --dest outputs/sweeps/cpu_demo/shards
+	$(PY) launchers/demo.py --until shards
 	$(PY) launchers/scaling_sweep.py run cpu_demo

@@ -1,7 +1,7 @@
 """Evaluation throughput on the available device: sampling img/s (sampler + decode) and Inception img/s.
 
     python benchmarks/eval.py                         # tiny M-VAR preset on CPU (random weights)
-    python benchmarks/eval.py --config demo128 --batch 16 --inception-batch 32
+    python benchmarks/eval.py --config demo --batch 16 --inception-batch 32
     python benchmarks/eval.py --config mvar_d16 --batch 64 --device cuda --skip-sampling  # full size on a GPU
 
 Random weights everywhere: the timing of the sampler and of the Inception forward does not depend on them.

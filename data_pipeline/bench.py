@@ -92,7 +92,7 @@ def estimate_rows(crops_per_s_per_worker: float, bytes_per_row: float, seq_len: 
 
 def run_benchmark(argv=None) -> int:
     p = argparse.ArgumentParser(description="Tokenisation throughput and ImageNet-1k estimates.")
-    p.add_argument("--configs", default="mvar_tiny,demo128,mvar_d16", help="presets for the end-to-end job")
+    p.add_argument("--configs", default="mvar_tiny,demo,mvar_d16", help="presets for the end-to-end job")
     p.add_argument("--per-class", type=int, default=4, help="embedded images per class (10 classes)")
     p.add_argument("--variants", type=int, default=2)
     p.add_argument("--actors", default="1,2", help="encoder actor counts to try")

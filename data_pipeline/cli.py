@@ -7,10 +7,10 @@ import sys
 
 USAGE = """Pre-tokenise images into multi-scale token shards with a Ray Data job.
 
-Local:   python launchers/pretokenize.py --config demo128 --source outputs/demo_data --dest outputs/demo128/shards
+Local:   python launchers/pretokenize.py --config demo --source outputs/demo_data --dest outputs/demo/shards
 Cluster: ray job submit --address http://HEAD:8265 -- python launchers/pretokenize.py --config mvar_d16 \\
              --source s3://bucket/imagenet/train --dest s3://bucket/tokens/d16 --num-actors 8 --num-gpus 1
-Verify:  python launchers/pretokenize.py --verify --dest outputs/demo128/shards
+Verify:  python launchers/pretokenize.py --verify --dest outputs/demo/shards
 Trailing key=value arguments are config overrides (e.g. tokenizer.checkpoint=vae_ch160v4096z32.pth)."""
 
 

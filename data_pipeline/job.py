@@ -128,7 +128,7 @@ def tokenize(tok_cfg, opts: TokenizeOptions, log=print, hooks: JobHooks = JobHoo
     vae = load_driver_tokenizer(tok_cfg)
     tok_info = {"hash": vae.weights_hash(), "random_weights": not tok_cfg.checkpoint, "vocab_size": tok_cfg.vocab_size,
                 "ch": tok_cfg.ch, "ch_mult": list(tok_cfg.ch_mult), "z_channels": tok_cfg.z_channels,
-                "share_quant_resi": tok_cfg.share_quant_resi}
+                "share_quant_resi": tok_cfg.share_quant_resi, "num_res_blocks": tok_cfg.num_res_blocks}
     if tok_info["random_weights"]:
         log("[tokenize] NOTE: tokenizer.checkpoint is not set: encoding with a RANDOM-WEIGHT tokenizer "
             "(same architecture; fine for demos/tests, not for real training)")

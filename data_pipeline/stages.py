@@ -77,9 +77,7 @@ def build_tokenizer(tok_cfg: dict, state_dict=None):
     cfg = TokenizerConfig(**{**tok_cfg, "ch_mult": tuple(tok_cfg["ch_mult"]), "patch_nums": tuple(tok_cfg["patch_nums"])})
     if state_dict is None:
         return MultiScaleVQVAE.from_config(cfg, seed=0)
-    return MultiScaleVQVAE.from_official(state_dict, vocab_size=cfg.vocab_size, z_channels=cfg.z_channels, ch=cfg.ch,
-                                         ch_mult=cfg.ch_mult, patch_nums=cfg.patch_nums,
-                                         share_quant_resi=cfg.share_quant_resi)
+    return MultiScaleVQVAE.from_official(state_dict, **cfg.hparams())
 
 
 class EncodeActor:

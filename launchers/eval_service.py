@@ -1,6 +1,6 @@
 """Watch checkpoint roots (local or s3://) and evaluate every complete checkpoint once.
 
-    python launchers/eval_service.py --roots outputs/demo128 --work-dir outputs/eval --once
+    python launchers/eval_service.py --roots outputs/demo --work-dir outputs/eval --once
     python launchers/eval_service.py --roots s3://bucket/runs --work-dir /data/eval \\
         --inception-weights pt_inception-2015-12-05-6726825d.pth --reference VIRTUAL_imagenet256_labeled.npz
 

@@ -1,4 +1,4 @@
-"""`python -m mvar_dist <command>`: doctor, config, demo-data, plan."""
+"""`python -m mvar_dist <command>`: doctor, config, presets, demo-data, plan, fd-demo."""
 from __future__ import annotations
 
 import argparse
@@ -22,8 +22,16 @@ def main(argv=None) -> int:
 
     add_plan_arguments(sub.add_parser("plan", help="per-rank GPU memory, largest micro batch and step time "
                                                    "of a config on N GPUs (ZeRO-3)"))
+    from .eval.fd_demo import add_arguments as add_fd_demo_arguments
+
+    add_fd_demo_arguments(sub.add_parser("fd-demo", help="FD-demo and class consistency of a run's checkpoints "
+                                                         "(embedded-dataset demos; not FID)"))
     a = p.parse_args(argv)
 
+    if a.cmd == "fd-demo":
+        from .eval.fd_demo import main as fd_demo
+
+        return fd_demo(a)
     if a.cmd == "plan":
         from .plan.cli import main as plan
 

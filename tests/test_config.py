@@ -32,15 +32,15 @@ def test_depth_presets_derive_width_heads_and_recipe(arch, depth):
 
 def test_every_preset_resolves():
     names = list_presets()
-    assert {"mvar_tiny", "var_tiny", "demo128"} <= set(names) and len(names) >= 15
+    assert {"mvar_tiny", "var_tiny", "demo"} <= set(names) and len(names) >= 15
     for name in names:
         cfg = load_config(name)
         assert cfg.tokenizer.patch_nums[-1] * cfg.tokenizer.downsample == cfg.tokenizer.resolution
 
 
 def test_demo_preset_is_low_resolution():
-    cfg = load_config("demo128")
-    assert cfg.tokenizer.resolution == 128 and cfg.tokenizer.patch_nums[-1] == 8
+    cfg = load_config("demo")
+    assert cfg.tokenizer.resolution == 64 and cfg.tokenizer.patch_nums[-1] == 8
 
 
 def test_overrides_are_typed_and_nested():

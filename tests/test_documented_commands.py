@@ -40,7 +40,8 @@ SWEEP_RUN_HELP = py("launchers/scaling_sweep.py", "run", "--help", expect=("--ra
 CPU_DEMO_PLAN = py("launchers/scaling_sweep.py", "run", "cpu_demo", "--dry-run", expect="sweep cpu_demo: 6 runs",
                    slow=True)
 DEMO_DRY = py("launchers/demo.py", "--dry-run", expect="[demo] dry run")
-DEMO_HELP = py("launchers/demo.py", "--help", expect="--dry-run")
+DEMO_HELP = py("launchers/demo.py", "--help", expect=("--dry-run", "--until", "--tok"))
+FD_DEMO_HELP = py("-m", "mvar_dist", "fd-demo", "--help", expect=("--eval-dir", "--judge", "--per-class"))
 DOCTOR = py("-m", "mvar_dist", "doctor", expect="torch", slow=True)
 MAKE_DEMO = make_n("demo", expect="launchers/demo.py")
 MAKE_TEST = make_n("test", expect="-m pytest tests")
@@ -77,7 +78,7 @@ COVERED: Dict[str, Tuple[Cheap, ...]] = {
     "make demo": (MAKE_DEMO, DEMO_DRY, DEMO_HELP),
     "make test": (MAKE_TEST,),
     "make test-fast": (MAKE_TEST_FAST,),
-    "make sweep-demo": (make_n("sweep-demo", expect=("launchers/pretokenize.py", "scaling_sweep.py run")),
+    "make sweep-demo": (make_n("sweep-demo", expect=("launchers/demo.py --until shards", "scaling_sweep.py run")),
                         CPU_DEMO_PLAN),
     "make venv": (make_n("-B", "venv", expect=("pip install", "install_lock.py")),),
     MAKE_VENV_GPU: (make_n("-B", *MAKE_VENV_GPU.split()[1:], expect='"torch==2.14.1"'),),
@@ -94,8 +95,17 @@ COVERED: Dict[str, Tuple[Cheap, ...]] = {
         (py("-c", "import importlib.metadata as m; print(m.metadata('mvar-dist').get_all('Provides-Extra'))",
             expect="'gpu'"),),
     "bash .ci/run": (Cheap(("bash", "-n", ".ci/run")), MAKE_TEST),
-    "python launchers/demo.py optim.epochs=8": (py("launchers/demo.py", "--dry-run", "optim.epochs=8",
-                                                   expect="8 epoch(s)"),),
+    "python launchers/demo.py optim.epochs=40 --tok optim.steps=600":
+        (py("launchers/demo.py", "--dry-run", "optim.epochs=40", "--tok", "optim.steps=600", expect="40 epoch(s)"),),
+    "make clean-demo": (make_n("clean-demo", expect="rm -rf outputs/demo_data outputs/demo"),),
+    "python launchers/demo.py --until shards": (py("launchers/demo.py", "--until", "shards", "--dry-run",
+                                                   expect="[demo] dry run"),),
+    "python launchers/train_tokenizer.py --config configs/tokenizer/demo.yaml data.root=outputs/demo_data":
+        (TOK_TRAIN_HELP, py("-c", "from mvar_dist.tokenizer.training.config import load_tok_config as f; "
+                                  "print(f('configs/tokenizer/demo.yaml', ['data.root=outputs/demo_data']).optim.steps)",
+                            expect="400"),),
+    "python -m mvar_dist fd-demo outputs/sweeps/cpu_demo/runs/mvar-d3-s160-s0 --eval-dir outputs/eval": (FD_DEMO_HELP,),
+    "python -m mvar_dist fd-demo {run_dir} --eval-dir {eval_dir}": (FD_DEMO_HELP,),
     # the package CLI
     "python -m mvar_dist doctor": (DOCTOR,),
     "python -m mvar_dist plan": (py("-m", "mvar_dist", "plan", "--help", expect=("--gpus", "--gpu-mem-gib")),),
@@ -113,7 +123,7 @@ COVERED: Dict[str, Tuple[Cheap, ...]] = {
     "python benchmarks/memory_plan.py": (py("benchmarks/memory_plan.py", "--help", expect=("--configs", "--batch")),),
     "python benchmarks/memory_plan.py --device cuda --dtype bf16 --configs mvar_d12 var_d12 --batch 8":
         (py("benchmarks/memory_plan.py", "--help", expect=("--device", "--dtype")),),
-    "python -m mvar_dist presets": (py("-m", "mvar_dist", "presets", expect=("mvar_d16", "var_d30", "demo128")),),
+    "python -m mvar_dist presets": (py("-m", "mvar_dist", "presets", expect=("mvar_d16", "var_d30", "demo")),),
     "python -m mvar_dist config mvar_d16 optim.tblr=8e-5": (config("mvar_d16", "optim.tblr=8e-5",
                                                                    expect="tblr: 8.0e-05"),),
     "python -m mvar_dist config mvar_d16 model.depth=20 optim.tblr=8e-5 tokenizer.patch_nums=[1,2,3,4,6,9,13,18,24,32]"
@@ -123,18 +133,12 @@ COVERED: Dict[str, Tuple[Cheap, ...]] = {
     "python -m mvar_dist demo-data out/ --per-class 50 --size 256":
         (py("-m", "mvar_dist", "demo-data", "out/", "--per-class", "1", "--size", "32", cwd="tmp",
             expect="wrote 10 images"),),
-    "python -m mvar_dist demo-data outputs/demo_data64 --per-class 8 --size 64":
-        (py("-m", "mvar_dist", "demo-data", "outputs/demo_data64", "--per-class", "1", "--size", "64", cwd="tmp",
-            expect="wrote 10 images (10 classes, 64px)"),),
     # tokenisation
-    "python launchers/pretokenize.py --config demo128 --num-actors 2": (PRETOK_HELP, PRETOK_HELP_ELSEWHERE,
-                                                                        config("demo128")),
-    "python launchers/pretokenize.py --config demo128 --source outputs/demo_data --dest outputs/demo128/shards"
-    " --num-actors 2": (PRETOK_HELP, config("demo128")),
-    "python launchers/pretokenize.py --config mvar_tiny --source outputs/demo_data64"
-    " --dest outputs/sweeps/cpu_demo/shards":
-        (PRETOK_HELP, config("mvar_tiny")),
-    "python launchers/pretokenize.py --verify --dest outputs/demo128/shards": (PRETOK_HELP,),
+    "python launchers/pretokenize.py --config demo --num-actors 2": (PRETOK_HELP, PRETOK_HELP_ELSEWHERE,
+                                                                        config("demo")),
+    "python launchers/pretokenize.py --config demo --source outputs/demo_data --dest outputs/demo/shards"
+    " --num-actors 2": (PRETOK_HELP, config("demo")),
+    "python launchers/pretokenize.py --verify --dest outputs/demo/shards": (PRETOK_HELP,),
     "ray job submit": (RAY_SUBMIT_HELP,),
     "RAY_AUTH_MODE=token ray job submit --address http://HEAD:8265 -- python /path/to/repo/launchers/pretokenize.py"
     " --config mvar_d16 --source s3://bucket/imagenet/train --dest s3://bucket/tokens/d16-k10 --variants 10"
@@ -142,8 +146,8 @@ COVERED: Dict[str, Tuple[Cheap, ...]] = {
     " tokenizer.checkpoint=/shared/vae_ch160v4096z32.pth":
         (RAY_SUBMIT_HELP, PRETOK_HELP_ELSEWHERE, config("mvar_d16", "tokenizer.checkpoint=/shared/vae.pth")),
     # training
-    "deepspeed --num_gpus 2 launchers/train.py --config demo128 --ds_config configs/zero3.json --resume auto":
-        (DEEPSPEED_HELP, TRAIN_HELP, config("demo128")),
+    "deepspeed --num_gpus 2 launchers/train.py --config demo --ds_config configs/zero3.json --resume auto":
+        (DEEPSPEED_HELP, TRAIN_HELP, config("demo")),
     "deepspeed launchers/train.py --config mvar_d16 --ds_config configs/zero3.json data.shards=s3://bucket/tok256":
         (DEEPSPEED_HELP, TRAIN_HELP, config("mvar_d16", "data.shards=s3://bucket/tok256")),
     "deepspeed --hostfile hosts --num_nodes 4 --num_gpus 8 launchers/train.py --config mvar_d30 data.shards=...":
@@ -191,11 +195,11 @@ COVERED: Dict[str, Tuple[Cheap, ...]] = {
         (py("launchers/sample.py", "pack", "--help", expect="--expected", slow=True),),
     "python launchers/sample.py metrics S --inception-weights W --reference R.npz":
         (py("launchers/sample.py", "metrics", "--help", expect=("--inception-weights", "--reference"), slow=True),),
-    "python launchers/eval_service.py --roots outputs/demo128/checkpoints --work-dir outputs/demo128/eval --once"
-    " --config demo128": (py("launchers/eval_service.py", "--roots", "{tmp}/runs", "--work-dir", "{tmp}/eval", "--once",
-                             "--config", "demo128", expect="nothing new under", slow=True),),
-    "python launchers/eval_service.py --roots outputs/demo128 --work-dir outputs/demo128/eval --once --config demo128":
-        (EVAL_HELP, config("demo128")),
+    "python launchers/eval_service.py --roots outputs/demo/checkpoints --work-dir outputs/demo/eval --once"
+    " --config demo": (py("launchers/eval_service.py", "--roots", "{tmp}/runs", "--work-dir", "{tmp}/eval", "--once",
+                             "--config", "demo", expect="nothing new under", slow=True),),
+    "python launchers/eval_service.py --roots outputs/demo --work-dir outputs/demo/eval --once --config demo":
+        (EVAL_HELP, config("demo")),
     "python launchers/eval_service.py --roots runs/ s3://bucket/runs --work-dir eval/ --poll 300 --inception-weights"
     " pt_inception-2015-12-05-6726825d.pth --reference VIRTUAL_imagenet256_labeled.npz": (EVAL_HELP,),
     "python launchers/eval_service.py --fetch-inception DIR": (EVAL_HELP,),
@@ -218,7 +222,7 @@ COVERED: Dict[str, Tuple[Cheap, ...]] = {
     # benchmarks (never part of the tests; their options are checked)
     "python benchmarks/loader.py --epochs 5 [--step-ms 1]": (py("benchmarks/loader.py", "--help",
                                                                  expect=("--epochs", "--step-ms")),),
-    "python benchmarks/pretokenize.py [--configs mvar_tiny,demo128,mvar_d16] [--per-class N] [--actors 1,2]":
+    "python benchmarks/pretokenize.py [--configs mvar_tiny,demo,mvar_d16] [--per-class N] [--actors 1,2]":
         (py("benchmarks/pretokenize.py", "--help", expect=("--configs", "--per-class", "--actors")),
          py(str(REPO / "benchmarks" / "pretokenize.py"), "--help", expect="--skip-job", cwd="tmp")),
     "python benchmarks/eval.py --config mvar_d16 --batch 64 --device cuda":
@@ -271,7 +275,18 @@ ELSEWHERE: Dict[str, str] = {
     "python launchers/eval_service.py --kind tokenizer --roots runs/tok --images data/val --work-dir outputs/eval"
     " --once": "tests/test_tokenizer_eval.py::test_service_evaluates_each_tokenizer_step_once: a tiny trainer run",
     "make sweep-demo": "tests/test_scaling_runner.py::test_launcher_plan_and_run: the same CLI `run` (stand-in "
-                       "trainer); the real demo takes minutes (docs/scaling_laws.md, CPU demo)",
+                       "trainer); tests/test_demo.py: the demo stages it runs first; the real sweep takes about "
+                       "10 minutes (docs/scaling_laws.md, CPU demo)",
+    "python launchers/demo.py --until shards":
+        "tests/test_demo.py::test_demo_runs_every_stage_then_skips_finished_work: the re-run stops after the shards",
+    "python launchers/train_tokenizer.py --config configs/tokenizer/demo.yaml data.root=outputs/demo_data":
+        "tests/test_demo.py::test_demo_runs_every_stage_then_skips_finished_work: the demo runs this config (4 steps)",
+    "python -m mvar_dist fd-demo outputs/sweeps/cpu_demo/runs/mvar-d3-s160-s0 --eval-dir outputs/eval":
+        "tests/test_demo_classifier.py::test_fd_demo_command_writes_one_row_per_checkpoint_once",
+    "python -m mvar_dist fd-demo {run_dir} --eval-dir {eval_dir}":
+        "tests/test_demo_classifier.py::test_fd_demo_command_writes_one_row_per_checkpoint_once",
+    "make demo": "tests/test_demo.py::test_demo_runs_every_stage_then_skips_finished_work: every stage, tiny step "
+                 "counts, then a re-run that skips them; the full demo takes about 9 minutes (docs/LOG.md)",
     "python launchers/scaling_sweep.py run cpu_demo": "tests/test_scaling_runner.py::test_launcher_plan_and_run",
     "python launchers/scaling_sweep.py analyze cpu_demo":
         "tests/test_scaling_runner.py::test_results_table_fits_and_plots: table, fits and plots from run outputs",
@@ -282,9 +297,6 @@ ELSEWHERE: Dict[str, str] = {
     " --num-actors 8 --num-gpus 1 --batch-size 128 --images-per-shard 1000"
     " tokenizer.checkpoint=/shared/vae_ch160v4096z32.pth":
         "tests/test_tokenize_job.py::test_ray_job_submit_tokenizes_on_the_cluster: token-auth head, local files",
-    "python launchers/pretokenize.py --config mvar_tiny --source outputs/demo_data64"
-    " --dest outputs/sweeps/cpu_demo/shards":
-        "tests/test_tokenize_job.py::test_ray_job_submit_tokenizes_on_the_cluster: this launcher, mvar_tiny, tiny data",
     "torchrun --nproc_per_node 2 launchers/train.py --config mvar_tiny data.shards=outputs/tok out_dir=runs/tiny":
         "tests/test_train_loop.py::test_loss_decreases_and_ranks_agree: 2 gloo ranks, ZeRO-3",
     "python launchers/train.py --config mvar_tiny data.shards=...":
@@ -294,7 +306,7 @@ ELSEWHERE: Dict[str, str] = {
         "tests/test_train_loop.py::test_resume_on_one_rank_from_two_rank_checkpoint: the trainer runs this conversion",
     "torchrun --nproc_per_node 8 launchers/sample.py sample --ckpt RUN/checkpoints/step_00100000 --out S --npz":
         "tests/test_eval_cli.py::test_torchrun_two_ranks_match_one_process: 2 ranks, tiny checkpoint",
-    "python launchers/eval_service.py --roots outputs/demo128 --work-dir outputs/demo128/eval --once --config demo128":
+    "python launchers/eval_service.py --roots outputs/demo --work-dir outputs/demo/eval --once --config demo":
         "tests/test_eval_service.py::test_service_evaluates_complete_checkpoints_once_and_survives_restart",
     "python launchers/eval_service.py --roots runs/ s3://bucket/runs --work-dir eval/ --poll 300 --inception-weights"
     " pt_inception-2015-12-05-6726825d.pth --reference VIRTUAL_imagenet256_labeled.npz":

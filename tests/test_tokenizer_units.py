@@ -52,7 +52,7 @@ def test_phi_table_other_counts_follow_the_float64_linspace_rule():
         for k in (2, 3, 4, 5, 6):
             assert phi_table(sn, k) == official_rule(sn, k), (sn, k)
         assert phi_table(sn, 0) == official_rule(sn, sn)
-    assert phi_table(7, 4) == (0, 0, 1, 2, 2, 3, 3)  # demo128's 7 scales
+    assert phi_table(7, 4) == (0, 0, 1, 2, 2, 3, 3)  # demo's 7 scales
 
 
 # ------------------------------------------------------------------------------------------ resizes

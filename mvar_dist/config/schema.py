@@ -7,7 +7,7 @@ by `RunConfig.resolve()`, so a YAML file only needs to turn the one dial (`model
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Tuple
+from typing import Any, Dict, Tuple
 
 from .errors import ConfigError
 
@@ -91,12 +91,19 @@ class TokenizerConfig:
     ch_mult: Tuple[int, ...] = (1, 1, 2, 2, 4)  # per-level channel multipliers; downsample = 2**(len-1)
     patch_nums: Tuple[int, ...] = DEFAULT_PATCH_NUMS  # side of each scale's token map, coarse to fine
     share_quant_resi: int = 4               # number of shared Phi convs (0 = one per scale, 1 = one shared)
+    num_res_blocks: int = 2                 # ResNet blocks per encoder level (the decoder has one more); official 2
     resolution: int = 256                   # image side in pixels; must equal patch_nums[-1] * downsample
     checkpoint: str = ""                    # official vae_ch160v4096z32.pth (or safetensors); "" = random weights (demo/tests)
 
     @property
     def downsample(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
+
+    def hparams(self) -> Dict[str, Any]:
+        """The `MultiScaleVQVAE(...)` constructor arguments these sizes describe."""
+        return dict(vocab_size=self.vocab_size, z_channels=self.z_channels, ch=self.ch, ch_mult=tuple(self.ch_mult),
+                    patch_nums=tuple(self.patch_nums), share_quant_resi=self.share_quant_resi,
+                    num_res_blocks=self.num_res_blocks)
 
     def validate(self) -> None:
         _positive("tokenizer.vocab_size", self.vocab_size)
@@ -113,6 +120,7 @@ class TokenizerConfig:
                 f"{self.patch_nums[-1] * self.downsample} does not match tokenizer.resolution {self.resolution}")
         if self.share_quant_resi < 0:
             raise ConfigError("tokenizer.share_quant_resi", "must be >= 0")
+        _positive("tokenizer.num_res_blocks", self.num_res_blocks)
 
 
 @dataclass

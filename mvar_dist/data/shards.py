@@ -43,7 +43,7 @@ class ShardInfo:
 
 @dataclass
 class Manifest:
-    tokenizer: Dict[str, Any]        # {"hash": weights sha256, "random_weights": bool, vocab_size, ch, ch_mult, z_channels, share_quant_resi}
+    tokenizer: Dict[str, Any]        # {"hash": weights sha256, "random_weights": bool, vocab_size, ch, ch_mult, z_channels, share_quant_resi, num_res_blocks}
     patch_nums: List[int]            # scales, coarse to fine
     resolution: int                  # image side the tokens were made at
     variants: Dict[str, Any]         # {"count": K, "seed": s, "hflip": bool, "scheme": "var-crop-1.125-lanczos"}

@@ -63,9 +63,7 @@ def tokenizer_param_count(run_cfg) -> int:
 
     tok = run_cfg.tokenizer
     with torch.device("meta"):
-        vae = MultiScaleVQVAE(vocab_size=tok.vocab_size, z_channels=tok.z_channels, ch=tok.ch,
-                              ch_mult=tuple(tok.ch_mult), patch_nums=tuple(tok.patch_nums),
-                              share_quant_resi=tok.share_quant_resi)
+        vae = MultiScaleVQVAE(**tok.hparams())
     return sum(int(p.numel()) for p in vae.parameters())
 
 

@@ -6,7 +6,7 @@ bootstrap bands. A figure whose data is missing (no FID yet) still gets written,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -45,6 +45,20 @@ def _fit_line(ax, fit, x_lo, x_hi, color, label):
         ax.fill_between(xs, lo, hi, color=color, alpha=0.15, lw=0)
 
 
+def _readable_log_ticks(ax) -> None:
+    """Plain-number labels on a log y axis: a loss axis spans less than a decade, where matplotlib's
+    default labels only the minor ticks as 3x10^0-style powers or leaves the axis bare."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    lo, hi = ax.get_ylim()
+    if hi / max(lo, 1e-300) < 30:
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)))
+        fmt = ScalarFormatter()
+        fmt.set_scientific(False)
+        ax.yaxis.set_major_formatter(fmt)
+        ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def _empty(ax, text):
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11, color="0.4")
 
@@ -66,6 +80,7 @@ def plot_loss_vs_params(rows, fits, out_dir: Path) -> List[Path]:
         ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel=f"{target} (final)",
                title=f"{target} vs parameters")
         if ax.has_data():
+            _readable_log_ticks(ax)
             ax.legend(fontsize=7)
         else:
             _empty(ax, "no finished runs")
@@ -92,27 +107,40 @@ def plot_loss_vs_compute(rows, curves: Dict[str, Dict[str, Any]], fits, out_dir:
     ax.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)", ylabel="L_mean",
            title="loss vs compute (thin: training curves)")
     if ax.has_data():
+        _readable_log_ticks(ax)
         ax.legend(fontsize=7)
     else:
         _empty(ax, "no runs with metrics yet")
     return _save(fig, out_dir, "loss_vs_compute")
 
 
+def quality_metric(rows) -> Tuple[str, str]:
+    """(column, axis label) of the quality plot: FID when any row has one, else FD-demo."""
+    if any(r.get("fid") is not None for r in rows):
+        return "fid", "FID"
+    return "fd_demo", "FD-demo (demo classifier features, not FID)"
+
+
 def plot_fid_vs_compute(rows, out_dir: Path) -> List[Path]:
+    """FID vs compute; where no checkpoint has a FID, FD-demo (the demos' offline distance) instead,
+    labelled as such on the axis and in the title."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    metric, name = quality_metric(rows)
     for arch in sorted({r["arch"] for r in rows}):
-        pts = sorted((r["train_flops"], r["fid"], r["depth"]) for r in rows
-                     if r["arch"] == arch and r.get("fid") is not None)
+        pts = sorted((r["train_flops"], r[metric], r["depth"]) for r in rows
+                     if r["arch"] == arch and r.get(metric) is not None)
         if pts:
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=COLORS.get(arch), s=22,
-                       label=LABELS.get(arch, arch))
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", color=COLORS.get(arch), ms=4,
+                    label=LABELS.get(arch, arch))
     if ax.has_data():
         ax.set(xscale="log", yscale="log")
+        _readable_log_ticks(ax)
         ax.legend(fontsize=7)
     else:
-        _empty(ax, "no FID evaluated yet\n(give the sweep an eval_command and Inception weights)")
-    ax.set(xlabel="training compute C (FLOPs)", ylabel="FID", title="FID vs compute")
+        _empty(ax, "no FID or FD-demo evaluated yet\n(give the sweep an eval_command: Inception weights for FID,\n"
+                   "`python -m mvar_dist fd-demo` for the embedded-dataset demos)")
+    ax.set(xlabel="training compute C (FLOPs)", ylabel=name, title=f"{name.split(' (')[0]} vs compute")
     return _save(fig, out_dir, "fid_vs_compute")
 
 

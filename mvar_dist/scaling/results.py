@@ -2,7 +2,9 @@
 
 Inputs per run folder (the trainer's layout): `metrics.jsonl` (one record per log step),
 `summary.json` (written when the run finished), `checkpoints/step_XXXXXXXX/COMPLETE`; and the
-evaluation table `<out_root>/eval/eval_results.csv` keyed by checkpoint id `<run>/step_XXXXXXXX`.
+evaluation tables `<out_root>/eval/eval_results.csv` (FID, IS) and `<out_root>/eval/fd_demo.csv`
+(FD-demo, the embedded-dataset demos' offline distance; never FID), keyed by checkpoint id
+`<run>/step_XXXXXXXX`.
 Nothing in a row depends on when or how often the table is built, so a rebuild is byte-identical.
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ _STEP_RE = re.compile(r"^step_(\d+)$")
 BASE_COLUMNS = ["sweep", "run_id", "arch", "depth", "width", "budget", "seed", "checkpoint", "step", "is_final",
                 "status", "params_total", "params_non_embedding", "flops_per_image", "images_seen", "tokens_seen",
                 "train_flops", "loss", "L_mean", "L_tail", "err_mean", "err_tail"]
-TAIL_COLUMNS = ["fid", "inception_score", "eval_protocol", "wall_time"]
+TAIL_COLUMNS = ["fid", "inception_score", "eval_protocol", "fd_demo", "class_consistency", "wall_time"]
 
 
 def read_jsonl(path: Path) -> List[Dict[str, Any]]:
@@ -90,7 +92,8 @@ def _at_or_before(records: Dict[int, Dict[str, Any]], step: int) -> Dict[str, An
     return records[max(prior)] if prior else {}
 
 
-def run_rows(sweep, spec, evals: Dict[str, Dict[str, str]]) -> List[Dict[str, Any]]:
+def run_rows(sweep, spec, evals: Dict[str, Dict[str, str]],
+             fd_rows: Optional[Dict[str, Dict[str, str]]] = None) -> List[Dict[str, Any]]:
     run_dir = Path(spec.run_dir)
     if not run_dir.is_dir():
         return []
@@ -109,7 +112,7 @@ def run_rows(sweep, spec, evals: Dict[str, Dict[str, str]]) -> List[Dict[str, An
     for step in sorted(steps):
         rec = records.get(step) or _at_or_before(records, step)
         ckpt_id = f"{run_dir.name}/step_{step:08d}"
-        ev = evals.get(ckpt_id, {})
+        ev, fd = evals.get(ckpt_id, {}), (fd_rows or {}).get(ckpt_id, {})
         images = int(rec.get("images_seen", step * cfg.optim.global_batch))
         row = {"sweep": sweep.name, "run_id": spec.run_id, "arch": spec.arch, "depth": spec.depth,
                "width": cfg.model.width, "budget": spec.budget, "seed": spec.seed, "checkpoint": ckpt_id,
@@ -121,7 +124,8 @@ def run_rows(sweep, spec, evals: Dict[str, Dict[str, str]]) -> List[Dict[str, An
                "loss": rec.get("loss"), "L_mean": rec.get("L_mean"), "L_tail": rec.get("L_tail"),
                "err_mean": _err(rec.get("acc_mean")), "err_tail": _err(rec.get("acc_tail")),
                "fid": _num(ev.get("fid")), "inception_score": _num(ev.get("inception_score")),
-               "eval_protocol": ev.get("protocol_hash", ""), "wall_time": rec.get("wall_time")}
+               "eval_protocol": ev.get("protocol_hash", ""), "fd_demo": _num(fd.get("fd_demo")),
+               "class_consistency": _num(fd.get("class_consistency")), "wall_time": rec.get("wall_time")}
         for k, v in rec.items():
             if k.startswith("loss_scale_"):
                 row[k] = v
@@ -135,10 +139,13 @@ def _num(v) -> Optional[float]:
 
 def build_table(sweep) -> List[Dict[str, Any]]:
     """Rows for every run of the sweep that has a complete checkpoint or a summary, in sweep order."""
+    from mvar_dist.eval.fd_demo import read_fd_demo
+
     evals = read_eval(Path(sweep.out_root))
+    fd_rows = read_fd_demo(Path(sweep.out_root) / EVAL_DIR)
     rows = []
     for spec in sweep.runs():
-        rows += run_rows(sweep, spec, evals)
+        rows += run_rows(sweep, spec, evals, fd_rows)
     return rows
 
 

@@ -98,8 +98,7 @@ class MultiScaleVQVAE(nn.Module):
     @classmethod
     def from_config(cls, cfg, seed: int = 0) -> "MultiScaleVQVAE":
         """From a TokenizerConfig: loads `cfg.checkpoint` if set, else deterministic random weights."""
-        hp = dict(vocab_size=cfg.vocab_size, z_channels=cfg.z_channels, ch=cfg.ch, ch_mult=tuple(cfg.ch_mult),
-                  patch_nums=tuple(cfg.patch_nums), share_quant_resi=cfg.share_quant_resi)
+        hp = cfg.hparams()
         if getattr(cfg, "checkpoint", ""):
             vae = cls.from_official(cfg.checkpoint, **hp)
         else:

@@ -56,7 +56,7 @@ def read_state_dict(sd_or_path: Union[str, os.PathLike, Mapping[str, Any]]) -> S
 
 
 def infer_hparams(sd: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
-    """vocab_size, z_channels, ch, ch_mult, share_quant_resi read off the tensor shapes."""
+    """vocab_size, z_channels, ch, ch_mult, share_quant_resi, num_res_blocks read off the tensor shapes."""
     need = ("quantize.embedding.weight", "encoder.conv_in.weight")
     missing = [k for k in need if k not in sd]
     if missing:
@@ -71,6 +71,10 @@ def infer_hparams(sd: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
     out: Dict[str, Any] = {"vocab_size": int(vocab_size), "z_channels": int(z_channels), "ch": int(ch)}
     if mult:
         out["ch_mult"] = tuple(mult)
+        blocks = 0
+        while f"encoder.down.0.block.{blocks}.conv1.weight" in sd:
+            blocks += 1
+        out["num_res_blocks"] = blocks
     shared = {int(m.group(1)) for k in sd if (m := re.match(r"quantize\.quant_resi\.qresi_ls\.(\d+)\.", k))}
     if shared:
         out["share_quant_resi"] = max(shared) + 1

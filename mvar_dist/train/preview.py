@@ -12,9 +12,8 @@ import numpy as np
 import torch
 
 
-def sample_grid(ckpt_folder: Path, out_png: Path, per_class: int = 2, seed: int = 0) -> Path:
-    from PIL import Image
-
+def load_generator(ckpt_folder: Path):
+    """(run config, model, tokenizer) of a checkpoint folder, both in eval mode."""
     from mvar_dist.config import load_config
     from mvar_dist.model import MVAR
     from mvar_dist.tokenizer import MultiScaleVQVAE
@@ -22,12 +21,24 @@ def sample_grid(ckpt_folder: Path, out_png: Path, per_class: int = 2, seed: int 
     ckpt_folder = Path(ckpt_folder)
     cfg = load_config(ckpt_folder / "config.yaml")
     model = MVAR.from_official(ckpt_folder / "model.safetensors", patch_nums=tuple(cfg.tokenizer.patch_nums)).eval()
-    vae = MultiScaleVQVAE.from_config(cfg.tokenizer, seed=0).eval()
+    return cfg, model, MultiScaleVQVAE.from_config(cfg.tokenizer, seed=0).eval()
+
+
+@torch.no_grad()
+def sample_images(cfg, model, vae, labels_B: torch.Tensor, seed: int) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] with the run's `eval` sampling settings."""
+    _, img_B3HW = model.sample(vae, labels_B, cfg_scale=cfg.eval.cfg_scale,
+                               top_k=min(cfg.eval.top_k, cfg.tokenizer.vocab_size), top_p=cfg.eval.top_p, seed=seed)
+    return img_B3HW.clamp(0, 1)
+
+
+def sample_grid(ckpt_folder: Path, out_png: Path, per_class: int = 2, seed: int = 0) -> Path:
+    from PIL import Image
+
+    cfg, model, vae = load_generator(ckpt_folder)
     n_cls = cfg.model.num_classes
     labels_B = torch.arange(n_cls).repeat_interleave(per_class)
-    with torch.no_grad():
-        _, img_B3HW = model.sample(vae, labels_B, cfg_scale=cfg.eval.cfg_scale, top_k=min(cfg.eval.top_k, cfg.tokenizer.vocab_size),
-                                   top_p=cfg.eval.top_p, seed=seed)
+    img_B3HW = sample_images(cfg, model, vae, labels_B, seed)
     # One row per class, `per_class` columns.
     img = (img_B3HW.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     B, H, W, _ = img.shape

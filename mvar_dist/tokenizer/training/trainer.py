@@ -28,8 +28,7 @@ from .quant import dropout_stop, quantize_train
 
 def build_generator(cfg: TokTrainConfig) -> MultiScaleVQVAE:
     tk = cfg.tokenizer
-    hp = dict(vocab_size=tk.vocab_size, z_channels=tk.z_channels, ch=tk.ch, ch_mult=tuple(tk.ch_mult),
-              patch_nums=tuple(tk.patch_nums), share_quant_resi=tk.share_quant_resi)
+    hp = tk.hparams()
     vae = MultiScaleVQVAE.from_official(cfg.init, **hp) if cfg.init else MultiScaleVQVAE.random(seed=cfg.seed, **hp)
     return vae.requires_grad_(True)
 
