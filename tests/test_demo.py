@@ -1,6 +1,6 @@
 """`make demo` in miniature: every stage for real (judge, tokenizer training, Ray tokenisation, 2-rank
 DeepSpeed training, samples + class consistency, evaluation pass), tiny step counts, then a re-run
-that must skip the finished stages. The full-length demo (about 9 minutes) is measured in docs/LOG.md."""
+that must skip the finished stages. The full-length demo (about 8 minutes) is measured in docs/LOG.md."""
 from __future__ import annotations
 
 import json

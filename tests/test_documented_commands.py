@@ -286,7 +286,7 @@ ELSEWHERE: Dict[str, str] = {
     "python -m mvar_dist fd-demo {run_dir} --eval-dir {eval_dir}":
         "tests/test_demo_classifier.py::test_fd_demo_command_writes_one_row_per_checkpoint_once",
     "make demo": "tests/test_demo.py::test_demo_runs_every_stage_then_skips_finished_work: every stage, tiny step "
-                 "counts, then a re-run that skips them; the full demo takes about 9 minutes (docs/LOG.md)",
+                 "counts, then a re-run that skips them; the full demo takes about 8 minutes (docs/LOG.md)",
     "python launchers/scaling_sweep.py run cpu_demo": "tests/test_scaling_runner.py::test_launcher_plan_and_run",
     "python launchers/scaling_sweep.py analyze cpu_demo":
         "tests/test_scaling_runner.py::test_results_table_fits_and_plots: table, fits and plots from run outputs",
