@@ -4,6 +4,7 @@ that must skip the finished stages. The full-length demo (about 8 minutes) is me
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,12 @@ def _demo(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
            "--tok", "optim.steps=4", "--tok", "ckpt.every=2", "--tok", "log.every=2", "--tok", "data.num_workers=0",
            f"out_dir={tmp / 'demo'}", f"data.image_root={tmp / 'data'}", f"data.shards={tmp / 'demo' / 'shards'}",
            "optim.epochs=1", "ckpt.every_steps=6", "eval.num_per_class=2", *extra]
-    # conftest sets TORCH_EXTENSIONS_DIR to the repo's build folder, shared with the other DeepSpeed tests
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    # A HOME of its own: the demo's local Ray runtime writes ~/.ray/auth_token, and the session's private
+    # HOME must stay free of it for the Ray tests that check their heads' token auth. TORCH_EXTENSIONS_DIR
+    # (set by conftest) keeps the repo's build folder, shared with the other DeepSpeed tests.
+    (tmp / "home").mkdir(exist_ok=True)
+    env = dict(os.environ, HOME=str(tmp / "home"))
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
