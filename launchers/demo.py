@@ -68,6 +68,7 @@ def stage_tokenizer_eval(cfg, export: Path, judge) -> float:
     import torch
 
     from mvar_dist.demo_classifier import consistency, real_images
+    from mvar_dist.demo_data import split_seed
     from mvar_dist.tokenizer.evaluation.evaluate import TokEvalOptions, evaluate_tokenizer, load_tokenizer
     from mvar_dist.tokenizer.evaluation.results import TokenizerResultsTable
 
@@ -75,7 +76,7 @@ def stage_tokenizer_eval(cfg, export: Path, judge) -> float:
     opts = TokEvalOptions(images=str(Path(cfg.data.image_root) / "val"), batch_size=25)
     row = evaluate_tokenizer(tok, opts, TokenizerResultsTable(export.parent.parent / "eval"), progress=False,
                              log=lambda s: None)
-    x_B3HW, labels_B = real_images(HELDOUT_PER_CLASS, seed=cfg.seed * 1000 + 1, side=tok.vae.resolution)
+    x_B3HW, labels_B = real_images(HELDOUT_PER_CLASS, seed=split_seed(cfg.seed, "val"), side=tok.vae.resolution)
     with torch.no_grad():
         recon_B3HW = (tok.vae.ids_to_img(tok.vae.img_to_ids(x_B3HW * 2 - 1)).clamp(-1, 1) + 1) / 2
     log(f"[demo] tokenizer: reconstruction PSNR {float(row['psnr']):.2f} dB, SSIM {float(row['ssim']):.3f} on "
@@ -105,6 +106,7 @@ def stage_train(overrides) -> None:
 def stage_samples(cfg, judge) -> float:
     """The grid, and the judge's class consistency over eval.num_per_class samples per class."""
     from mvar_dist.demo_classifier import judge_checkpoint
+    from mvar_dist.fsio import write_json_atomic
     from mvar_dist.train.checkpoint import latest_checkpoint
     from mvar_dist.train.preview import sample_grid
 
@@ -114,8 +116,6 @@ def stage_samples(cfg, judge) -> float:
     png = sample_grid(ckpt, Path(cfg.out_dir) / "samples.png", per_class=4, seed=cfg.seed)
     log(f"[demo] sample grid (one row per class, 4 samples each, from {ckpt.name}): {png}")
     verdict = judge_checkpoint(ckpt, judge, per_class=cfg.eval.num_per_class, seed=cfg.seed)
-    from mvar_dist.fsio import write_json_atomic
-
     write_json_atomic(Path(cfg.out_dir) / "class_consistency.json", verdict)
     per_class = ", ".join(f"{k} {v:.0%}" for k, v in verdict["per_class"].items())
     log(f"[demo] class consistency: {verdict['consistency']:.0%} of {verdict['num_samples']} samples are judged "

@@ -95,7 +95,7 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     drop = (torch.rand(B, 1, 1, 1, generator=g) < 0.3).float()
     x = drop * grey + (1 - drop) * x
     sigma = torch.rand(B, generator=g) * 2.5 * (torch.rand(B, generator=g) < 0.7)
-    x = _gaussian_blur(x, sigma) * (sigma[:, None, None, None] > 0) + x * (sigma[:, None, None, None] == 0)
+    x = torch.where(sigma[:, None, None, None] > 0, _gaussian_blur(x, sigma), x)
     return (x + 0.03 * torch.randn(x.shape, generator=g)).clamp(0, 1)
 
 
@@ -130,8 +130,12 @@ def train_classifier(per_class: int = 60, steps: int = 300, batch: int = 64, lr:
 
 
 @torch.no_grad()
-def predict(model: DemoClassifier, img_B3HW: torch.Tensor, chunk: int = 100) -> torch.Tensor:
-    return torch.cat([model(img_B3HW[i:i + chunk]).argmax(-1) for i in range(0, img_B3HW.shape[0], chunk)])
+def _chunked(fn, img_B3HW: torch.Tensor, chunk: int = 100) -> torch.Tensor:
+    return torch.cat([fn(img_B3HW[i:i + chunk]) for i in range(0, img_B3HW.shape[0], chunk)])
+
+
+def predict(model: DemoClassifier, img_B3HW: torch.Tensor) -> torch.Tensor:
+    return _chunked(lambda x: model(x).argmax(-1), img_B3HW)
 
 
 def consistency(model: DemoClassifier, img_B3HW: torch.Tensor, labels_B: torch.Tensor) -> float:
@@ -139,10 +143,9 @@ def consistency(model: DemoClassifier, img_B3HW: torch.Tensor, labels_B: torch.T
     return float((predict(model, img_B3HW) == labels_B).float().mean())
 
 
-@torch.no_grad()
-def features(model: DemoClassifier, img_B3HW: torch.Tensor, chunk: int = 100) -> np.ndarray:
+def features(model: DemoClassifier, img_B3HW: torch.Tensor) -> np.ndarray:
     """(N, FEATURE_DIM) float64 pooled features."""
-    return torch.cat([model.features(img_B3HW[i:i + chunk]) for i in range(0, img_B3HW.shape[0], chunk)]).double().numpy()
+    return _chunked(model.features, img_B3HW).double().numpy()
 
 
 def fd_demo(model: DemoClassifier, fake_B3HW: torch.Tensor, real_B3HW: torch.Tensor) -> float:

@@ -71,6 +71,11 @@ def make_image(cls: int, index: int, size: int = 256, seed: int = 0) -> np.ndarr
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+def split_seed(seed: int, split: str) -> int:
+    """The image seed of a split: the split takes part in it so train and val images differ."""
+    return seed * 1000 + (0 if split == "train" else 1)
+
+
 def write_dataset(root: os.PathLike, images_per_class: int = 20, size: int = 256, seed: int = 0,
                   split: str = "train", fmt: str = "png") -> Path:
     """Write the ImageFolder; returns `<root>/<split>`. Existing identical files are kept."""
@@ -86,10 +91,8 @@ def write_dataset(root: os.PathLike, images_per_class: int = 20, size: int = 256
             path = d / f"{i:05d}.{fmt}"
             if path.exists():
                 continue
-            # The split takes part in the seed so train/val images differ.
-            split_seed = seed * 1000 + (0 if split == "train" else 1)
             with atomic_path(path) as tmp:  # a partial file never carries the final name
-                Image.fromarray(make_image(cls, i, size, split_seed)).save(tmp, format="PNG" if fmt == "png" else "JPEG",
+                Image.fromarray(make_image(cls, i, size, split_seed(seed, split))).save(tmp, format="PNG" if fmt == "png" else "JPEG",
                                                                             **({"quality": 95} if fmt == "jpg" else {}))
     return out
 

@@ -16,9 +16,9 @@ import hashlib
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
-from mvar_dist.eval.results import KeyedCsvTable
+from mvar_dist.eval.results import KeyedCsvTable, best_per_checkpoint
 
 TABLE_NAME = "fd_demo.csv"
 COLUMNS = ["checkpoint_id", "protocol_hash", "fd_demo", "class_consistency", "num_samples", "judge"]
@@ -33,12 +33,7 @@ class FdDemoTable(KeyedCsvTable):
 def read_fd_demo(eval_dir: Path) -> Dict[str, Dict[str, str]]:
     """checkpoint id -> its FD-demo row (the most samples wins when several protocols exist)."""
     table = FdDemoTable(eval_dir)
-    if not table.path.is_file():
-        return {}
-    best: Dict[str, Dict[str, str]] = {}
-    for row in sorted(table.rows(), key=lambda r: (int(r["num_samples"] or 0), r["protocol_hash"])):
-        best[row["checkpoint_id"]] = row
-    return best
+    return best_per_checkpoint(table.rows()) if table.path.is_file() else {}
 
 
 def protocol_hash(judge_sha: str, per_class: int, seed: int, sampling: Dict) -> str:

@@ -118,6 +118,14 @@ class KeyedCsvTable:
                 w.writerows(rows)
 
 
+def best_per_checkpoint(rows) -> Dict[str, Dict[str, str]]:
+    """checkpoint id -> its row with the most samples (ties: the smallest protocol hash)."""
+    best: Dict[str, Dict[str, str]] = {}
+    for row in sorted(rows, key=lambda r: (-int(r.get("num_samples") or 0), r.get("protocol_hash", ""))):
+        best.setdefault(row["checkpoint_id"], row)
+    return best
+
+
 class ResultsTable(KeyedCsvTable):
     """The generator evaluation table `<root>/eval_results.csv` (fixed columns)."""
 

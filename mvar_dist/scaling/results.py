@@ -66,20 +66,13 @@ def read_summary(run_dir: Path) -> Optional[Dict[str, Any]]:
 
 def read_eval(out_root: Path) -> Dict[str, Dict[str, str]]:
     """checkpoint id -> the evaluation row with the most samples (ties: smallest protocol hash)."""
+    from mvar_dist.eval.results import best_per_checkpoint
+
     p = Path(out_root) / EVAL_DIR / "eval_results.csv"
     if not p.is_file():
         return {}
-    best: Dict[str, Dict[str, str]] = {}
     with open(p, newline="") as f:
-        for row in csv.DictReader(f):
-            if not row.get("fid") and not row.get("inception_score"):
-                continue
-            key = row["checkpoint_id"]
-            rank = (-int(row.get("num_samples") or 0), row.get("protocol_hash", ""))
-            cur = best.get(key)
-            if cur is None or rank < (-int(cur.get("num_samples") or 0), cur.get("protocol_hash", "")):
-                best[key] = row
-    return best
+        return best_per_checkpoint(r for r in csv.DictReader(f) if r.get("fid") or r.get("inception_score"))
 
 
 def _err(acc) -> Optional[float]:
