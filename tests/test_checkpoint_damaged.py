@@ -30,7 +30,7 @@ def reference(tmp_path_factory):
 
 def test_marker_lists_every_rank_file(reference):
     from mvar_dist.train import checkpoint as ck
-    from mvar_dist.train import manifest as mf
+    from mvar_dist.runs import manifest as mf
 
     folder = reference[1] / "checkpoints" / "step_00000012"
     files = json.loads((folder / ck.MARKER).read_text())["files"]
@@ -75,7 +75,7 @@ def test_truncated_shard_falls_back_with_exact_losses(reference, tmp_path):
 def test_s3_failed_upload_leaves_no_marker_and_resume_continues(reference, moto_s3, tmp_path):
     """ckpt.dir on S3 (moto on 127.0.0.1): rank 1's upload of the last checkpoint fails, so step 12 gets
     no marker; `--resume auto` then downloads step 8 on each rank and continues with the same losses."""
-    from mvar_dist.train.remote import RemoteRoot
+    from mvar_dist.runs.storage import RemoteRoot
 
     shards, ref_out = reference
     root = f"s3://{moto_s3[1]}/run/checkpoints"
@@ -107,7 +107,7 @@ def test_s3_checkpoint_resumed_on_one_rank(reference, moto_s3, tmp_path):
     """A 2-rank run saving to S3, resumed on 1 rank: rank 0 downloads ds/state, converts it once and
     uploads ds/universal (with its own marker); the losses continue as the uninterrupted 2-rank run's."""
     from mvar_dist.train import checkpoint as ck
-    from mvar_dist.train.remote import RemoteRoot
+    from mvar_dist.runs.storage import RemoteRoot
 
     shards, ref_out = reference
     root = f"s3://{moto_s3[1]}/elastic/checkpoints"

@@ -8,8 +8,9 @@ from s3_utils import moto_s3  # noqa: F401  (fixture)
 from test_checkpoint_verify import SHARD, _rank_files, _write
 
 from mvar_dist.train import checkpoint as ck
-from mvar_dist.train import manifest as mf
-from mvar_dist.train.remote import RemoteRoot, files_for_rank
+from mvar_dist.runs import manifest as mf
+from mvar_dist.runs.storage import RemoteRoot
+from mvar_dist.train.remote_fetch import files_for_rank
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +95,7 @@ def test_eval_service_skips_damaged_remote_checkpoint(moto_s3, tmp_path):
 def test_universal_copy_upload_and_download(moto_s3, tmp_path):
     """The cached universal copy of a remote checkpoint: uploaded with its own marker (last), downloaded
     whole by a rank on another node with sizes checked; a half-uploaded copy (no marker) does not count."""
-    from mvar_dist.train import remote
+    from mvar_dist.train import remote_fetch as remote
 
     root = f"s3://{moto_s3[1]}/u/checkpoints"
     _save_remote(root, tmp_path / "stage", 4)

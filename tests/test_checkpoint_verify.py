@@ -6,7 +6,7 @@ import json
 import pytest
 
 from mvar_dist.train import checkpoint as ck
-from mvar_dist.train import manifest as mf
+from mvar_dist.runs import manifest as mf
 
 SHARD = "ds/state/zero_pp_rank_{}_mp_rank_00_{}_states.pt"
 

@@ -29,7 +29,7 @@ def _demo(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_demo_runs_every_stage_then_skips_finished_work(tmp_path):
-    from mvar_dist import demo_classifier as D
+    from mvar_dist.eval import demo_judge as D
 
     # A quickly trained judge in the demo's place: the stage must load it, not train another one.
     judge, report = D.train_classifier(per_class=10, steps=20)
@@ -52,7 +52,7 @@ def test_demo_runs_every_stage_then_skips_finished_work(tmp_path):
     manifest = json.loads((demo / "shards" / "manifest.json").read_text())
     assert manifest["tokenizer"]["random_weights"] is False
     from mvar_dist.config import load_config
-    from mvar_dist.train.checkpoint import latest_checkpoint
+    from mvar_dist.runs.layout import latest_checkpoint
 
     ckpt = latest_checkpoint(demo / "checkpoints")
     assert Path(load_config(ckpt / "config.yaml").tokenizer.checkpoint).resolve() == export.resolve()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mvar_dist import demo_classifier as D
+from mvar_dist.eval import demo_judge as D
 from mvar_dist.demo_data import CLASS_NAMES, make_image
 
 

@@ -101,7 +101,7 @@ COVERED: Dict[str, Tuple[Cheap, ...]] = {
     "python launchers/demo.py --until shards": (py("launchers/demo.py", "--until", "shards", "--dry-run",
                                                    expect="[demo] dry run"),),
     "python launchers/train_tokenizer.py --config configs/tokenizer/demo.yaml data.root=outputs/demo_data":
-        (TOK_TRAIN_HELP, py("-c", "from mvar_dist.tokenizer.training.config import load_tok_config as f; "
+        (TOK_TRAIN_HELP, py("-c", "from mvar_dist.train.tokenizer.config import load_tok_config as f; "
                                   "print(f('configs/tokenizer/demo.yaml', ['data.root=outputs/demo_data']).optim.steps)",
                             expect="400"),),
     "python -m mvar_dist fd-demo outputs/sweeps/cpu_demo/runs/mvar-d3-s160-s0 --eval-dir outputs/eval": (FD_DEMO_HELP,),

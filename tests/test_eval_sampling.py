@@ -11,7 +11,7 @@ from mvar_dist.eval.sampling import SamplePlan, count_done, generate_samples, mo
 def tiny_sample_fn():
     from mvar_dist.config import load_config
     from mvar_dist.model import MVAR
-    from mvar_dist.tokenizer import MultiScaleVQVAE
+    from mvar_dist.vqvae import MultiScaleVQVAE
 
     cfg = load_config("mvar_tiny")
     model = MVAR.from_config(cfg).eval()

@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 from mvar_dist.model import MVAR
 from mvar_dist.model.official import infer_hparams
-from mvar_dist.tokenizer import MultiScaleVQVAE
+from mvar_dist.vqvae import MultiScaleVQVAE
 from parity import strip_prefix as _strip
 
 # (fixture file, key prefix of the model state, prefix of inputs/expectations)

@@ -168,7 +168,7 @@ def assert_same_losses(got_dir: Path, ref_dir: Path, rank: int, steps=range(1, M
 @pytest.fixture(scope="module")
 def tok_hash() -> str:
     from mvar_dist.config import load_config
-    from mvar_dist.tokenizer import MultiScaleVQVAE
+    from mvar_dist.vqvae import MultiScaleVQVAE
 
     return MultiScaleVQVAE.from_config(load_config("mvar_tiny").tokenizer, seed=0).weights_hash()
 

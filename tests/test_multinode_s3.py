@@ -33,7 +33,7 @@ def test_node_killed_mid_upload_leaves_no_marker_and_resume_continues(reference,
     """ckpt.dir on S3, one node SIGKILLed while saving step 6: node 0 has uploaded its files and waits for
     node 1's report; it must fail (not hang), step 6 gets no marker, and both nodes restarted with
     `--resume auto` continue from step 3 with the uninterrupted run's losses."""
-    from mvar_dist.train.remote import RemoteRoot
+    from mvar_dist.runs.storage import RemoteRoot
 
     root = f"s3://{moto_s3[1]}/killed/checkpoints"
     hosts, flag = hostfile(tmp_path), tmp_path / "node1_uploading"

@@ -42,5 +42,5 @@ def test_wheel_installs_the_same_package_tree(tmp_path):
     assert {n.split("/")[0] for n in names} == {"mvar_dist", wheel.name.split("-")[0] + "-0.1.0.dist-info"}
     for needed in ("mvar_dist/ops/ssd.py", "mvar_dist/data_pipeline/job.py", "mvar_dist/configs/zero3.json",
                    "mvar_dist/configs/recipes/d16.yaml", "mvar_dist/configs/mvar_tiny.yaml",
-                   "mvar_dist/tokenizer/vqvae.py", "mvar_dist/model/mvar.py"):
+                   "mvar_dist/vqvae/vqvae.py", "mvar_dist/model/mvar.py"):
         assert needed in names, needed

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mvar_dist.model import MVAR
-from mvar_dist.tokenizer import MultiScaleVQVAE
+from mvar_dist.vqvae import MultiScaleVQVAE
 from parity import read_fixture, strip_prefix
 
 PN = (1, 2, 3, 4, 5, 6, 8)   # 7 scales: L = 155 tokens, teacher input (B, 154, 16)

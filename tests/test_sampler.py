@@ -5,7 +5,7 @@ import torch
 from mvar_dist.config import ModelConfig
 from mvar_dist.model import MVAR
 from mvar_dist.model.sampler import top_k_top_p_filter_
-from mvar_dist.tokenizer import MultiScaleVQVAE
+from mvar_dist.vqvae import MultiScaleVQVAE
 
 Z, V = 8, 64
 

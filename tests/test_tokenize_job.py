@@ -25,7 +25,7 @@ def test_ray_job_submit_tokenizes_on_the_cluster(ray_head, demo_images, tmp_path
     from mvar_dist.config import load_config
     from mvar_dist.data_pipeline import VariantSpec, load_rows, verify
     from mvar_dist.data_pipeline.augment import make_variants, to_model_input
-    from mvar_dist.tokenizer import MultiScaleVQVAE
+    from mvar_dist.vqvae import MultiScaleVQVAE
 
     dest = tmp_path / "shards"
     entry = [sys.executable, str(REPO / "launchers" / "pretokenize.py"), "--config", "mvar_tiny", "--source",

@@ -72,7 +72,7 @@ def local_run(ray_address, images, tok_cfg, tmp_path_factory):
 
 
 def test_local_tokens_equal_img_to_ids_on_the_same_crops(local_run, images, tok_cfg):
-    from mvar_dist.tokenizer import MultiScaleVQVAE
+    from mvar_dist.vqvae import MultiScaleVQVAE
 
     rows = load_rows(str(local_run))
     valid = sorted(p.relative_to(images / "train").as_posix() for p in (images / "train").rglob("*.*")
@@ -121,7 +121,7 @@ def test_s3_run_gives_the_local_rows(local_run, images, tok_cfg, moto_s3, tmp_pa
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    from mvar_dist.tokenizer import MultiScaleVQVAE
+    from mvar_dist.vqvae import MultiScaleVQVAE
 
     endpoint, bucket = moto_s3
     s3 = boto3.client("s3", endpoint_url=endpoint)
@@ -173,7 +173,7 @@ def test_interrupted_run_resumes_to_exactly_the_clean_rows(ray_address, local_ru
 
 
 def test_errors_before_any_work(images, tok_cfg, tmp_path, moto_s3):  # noqa: F811
-    from mvar_dist.tokenizer import MultiScaleVQVAE
+    from mvar_dist.vqvae import MultiScaleVQVAE
 
     wrong = MultiScaleVQVAE.random(seed=0, vocab_size=512, z_channels=32, ch=32, ch_mult=(1, 1, 2, 2, 4),
                                    patch_nums=(1, 2, 3, 4)).save_official(tmp_path / "wrong.safetensors")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mvar_dist.tokenizer import MultiScaleVQVAE
-from mvar_dist.tokenizer.weights import EMA_KEY
+from mvar_dist.vqvae import MultiScaleVQVAE
+from mvar_dist.vqvae.weights import EMA_KEY
 
 PN = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 HP = dict(vocab_size=1024, ch=32, z_channels=32, patch_nums=PN, share_quant_resi=4)

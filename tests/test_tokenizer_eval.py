@@ -13,11 +13,11 @@ import pytest
 from stripe_images import write_stripe_images
 import torch
 
-from mvar_dist.tokenizer import MultiScaleVQVAE
-from mvar_dist.tokenizer.evaluation import recon_metrics as M
-from mvar_dist.tokenizer.evaluation.evaluate import EvalImages, TokEvalOptions, evaluate_tokenizer, load_tokenizer
-from mvar_dist.tokenizer.evaluation.results import RESULTS_NAME, TokenizerResultsTable
-from mvar_dist.tokenizer.evaluation.service import TokenizerEvalService, find_tokenizer_checkpoints
+from mvar_dist.vqvae import MultiScaleVQVAE
+from mvar_dist.eval.tokenizer import recon_metrics as M
+from mvar_dist.eval.tokenizer.evaluate import EvalImages, TokEvalOptions, evaluate_tokenizer, load_tokenizer
+from mvar_dist.eval.tokenizer.results import RESULTS_NAME, TokenizerResultsTable
+from mvar_dist.eval.tokenizer.service import TokenizerEvalService, find_tokenizer_checkpoints
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -101,7 +101,7 @@ def image_dir(tmp_path_factory) -> Path:
 def weights(tmp_path_factory):
     """A tiny tokenizer (.safetensors with hparams, and .pth), random LPIPS backbone + lin, random Inception."""
     from mvar_dist.eval.inception import random_state_dict
-    from mvar_dist.tokenizer.training.lpips import LPIPS
+    from mvar_dist.train.tokenizer.lpips import LPIPS
 
     d = tmp_path_factory.mktemp("tok_eval_w")
     vae = MultiScaleVQVAE.random(seed=3, **TINY_HP)
@@ -201,8 +201,8 @@ def test_errors(tmp_path, image_dir, weights, capsys):
 
 # ----------------------------------------------------------------------------------------- the service
 def test_service_evaluates_each_tokenizer_step_once(tmp_path, image_dir):
-    from mvar_dist.tokenizer.training.config import load_tok_config
-    from mvar_dist.tokenizer.training.run import fit
+    from mvar_dist.train.tokenizer.config import load_tok_config
+    from mvar_dist.train.tokenizer.run import fit
 
     tiny = ["tokenizer.ch=32", "tokenizer.ch_mult=[1,1]", "tokenizer.vocab_size=32", "tokenizer.z_channels=8",
             "tokenizer.patch_nums=[1,2,4,8]", "tokenizer.resolution=16", "data.min_side=8", "data.num_workers=0",

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mvar_dist.tokenizer import MultiScaleVQVAE
-from mvar_dist.tokenizer.training.codebook_health import CodebookHealth
-from mvar_dist.tokenizer.training.config import load_tok_config
-from mvar_dist.tokenizer.training.data import ImageStream
-from mvar_dist.tokenizer.training.losses import adaptive_weight
-from mvar_dist.tokenizer.training.quant import dropout_stop, quantize_train
-from mvar_dist.tokenizer.training.state import export_copy, find_resume
-from mvar_dist.tokenizer.training.trainer import TokenizerTrainer
+from mvar_dist.vqvae import MultiScaleVQVAE
+from mvar_dist.train.tokenizer.codebook_health import CodebookHealth
+from mvar_dist.train.tokenizer.config import load_tok_config
+from mvar_dist.train.tokenizer.data import ImageStream
+from mvar_dist.train.tokenizer.losses import adaptive_weight
+from mvar_dist.train.tokenizer.quant import dropout_stop, quantize_train
+from mvar_dist.train.tokenizer.state import export_copy, find_resume
+from mvar_dist.train.tokenizer.trainer import TokenizerTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -120,7 +120,7 @@ def test_adaptive_weight_equals_formula(tmp_path):
     img = images()
     rec, q = tr.forward(img)
     rec_loss = tr.weighted(tr.rec_terms(rec, img, q))
-    from mvar_dist.tokenizer.training.losses import hinge_g_loss
+    from mvar_dist.train.tokenizer.losses import hinge_g_loss
 
     g_loss = hinge_g_loss(tr.disc(rec))
     last = tr.vae.decoder.conv_out.weight

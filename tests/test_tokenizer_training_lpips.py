@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mvar_dist.tokenizer.training import lpips as L
-from mvar_dist.tokenizer.training.config import load_tok_config
-from mvar_dist.tokenizer.training.trainer import TokenizerTrainer
+from mvar_dist.train.tokenizer import lpips as L
+from mvar_dist.train.tokenizer.config import load_tok_config
+from mvar_dist.train.tokenizer.trainer import TokenizerTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,12 +14,12 @@ import pytest
 from stripe_images import write_stripe_images
 import torch
 
-from mvar_dist.tokenizer import MultiScaleVQVAE
-from mvar_dist.tokenizer.training.config import load_tok_config
-from mvar_dist.tokenizer.training.quant import quantize_train
-from mvar_dist.tokenizer.training.run import fit
-from mvar_dist.tokenizer.training.state import export_generator
-from mvar_dist.tokenizer.training.trainer import TokenizerTrainer
+from mvar_dist.vqvae import MultiScaleVQVAE
+from mvar_dist.train.tokenizer.config import load_tok_config
+from mvar_dist.train.tokenizer.quant import quantize_train
+from mvar_dist.train.tokenizer.run import fit
+from mvar_dist.train.tokenizer.state import export_generator
+from mvar_dist.train.tokenizer.trainer import TokenizerTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,8 +8,8 @@ from fractions import Fraction
 import pytest
 import torch
 
-from mvar_dist.tokenizer import MultiScaleVQVAE, area_resize, bicubic_resize, phi_table
-from mvar_dist.tokenizer.weights import probe_image
+from mvar_dist.vqvae import MultiScaleVQVAE, area_resize, bicubic_resize, phi_table
+from mvar_dist.vqvae.weights import probe_image
 
 TINY = dict(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 2), patch_nums=(1, 2, 3, 5, 8), share_quant_resi=4)
 

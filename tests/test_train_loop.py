@@ -68,7 +68,7 @@ def _make_token_shards(root: Path) -> Path:
     from mvar_dist.data.shards import MANIFEST_NAME, Manifest, ShardInfo, sha256_bytes
     from mvar_dist.data_pipeline.writer import shard_bytes
     from mvar_dist.demo_data import write_dataset
-    from mvar_dist.tokenizer import MultiScaleVQVAE
+    from mvar_dist.vqvae import MultiScaleVQVAE
 
     cfg = load_config("mvar_tiny")
     vae = MultiScaleVQVAE.from_config(cfg.tokenizer, seed=0)
@@ -145,7 +145,7 @@ def test_retention_marker_and_export(reference):
     assert model.arch == "mvar" and model.depth == 2
     from PIL import Image
 
-    from mvar_dist.train.preview import sample_grid
+    from mvar_dist.eval.preview import sample_grid
 
     png = sample_grid(root / "step_00000012", reference / "samples.png", per_class=1)
     assert Image.open(png).size == (64, 10 * 64)  # one row per class

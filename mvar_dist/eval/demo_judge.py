@@ -159,7 +159,8 @@ def judge_checkpoint(ckpt_folder: Path, model: DemoClassifier, per_class: int = 
                      real_per_class: int = 20) -> Dict[str, Any]:
     """Sample `per_class` images of every class from a checkpoint (its `eval` sampling settings) and
     report the class consistency (overall and per class) and FD-demo against real images."""
-    from mvar_dist.train.preview import load_generator, sample_images
+    from mvar_dist.eval.preview import sample_images
+    from mvar_dist.runs.generator import load_generator
 
     cfg, generator, vae = load_generator(ckpt_folder)
     if cfg.model.num_classes != NUM_CLASSES:

@@ -1,7 +1,7 @@
 """A PNG grid of class-conditional samples from a checkpoint's consolidated model file.
 
 Runs in one process on the exported `model.safetensors` (no DeepSpeed), so it can be called after
-training or on any checkpoint a run left behind: `python -m mvar_dist.train.preview <ckpt folder> out.png`.
+training or on any checkpoint a run left behind: `python -m mvar_dist.eval.preview <ckpt folder> out.png`.
 """
 from __future__ import annotations
 
@@ -11,17 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def load_generator(ckpt_folder: Path):
-    """(run config, model, tokenizer) of a checkpoint folder, both in eval mode."""
-    from mvar_dist.config import load_config
-    from mvar_dist.model import MVAR
-    from mvar_dist.tokenizer import MultiScaleVQVAE
-
-    ckpt_folder = Path(ckpt_folder)
-    cfg = load_config(ckpt_folder / "config.yaml")
-    model = MVAR.from_official(ckpt_folder / "model.safetensors", patch_nums=tuple(cfg.tokenizer.patch_nums)).eval()
-    return cfg, model, MultiScaleVQVAE.from_config(cfg.tokenizer, seed=0).eval()
+from mvar_dist.runs.generator import load_generator
 
 
 @torch.no_grad()
@@ -35,7 +25,7 @@ def sample_images(cfg, model, vae, labels_B: torch.Tensor, seed: int) -> torch.T
 def sample_grid(ckpt_folder: Path, out_png: Path, per_class: int = 2, seed: int = 0) -> Path:
     from PIL import Image
 
-    cfg, model, vae = load_generator(ckpt_folder)
+    cfg, model, vae = load_generator(ckpt_folder)  # checked: refuses a checkpoint of another tokenizer
     n_cls = cfg.model.num_classes
     labels_B = torch.arange(n_cls).repeat_interleave(per_class)
     img_B3HW = sample_images(cfg, model, vae, labels_B, seed)
@@ -51,5 +41,5 @@ def sample_grid(ckpt_folder: Path, out_png: Path, per_class: int = 2, seed: int 
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        sys.exit("usage: python -m mvar_dist.train.preview <checkpoint folder> <out.png>")
+        sys.exit("usage: python -m mvar_dist.eval.preview <checkpoint folder> <out.png>")
     print(sample_grid(Path(sys.argv[1]), Path(sys.argv[2])))

@@ -18,9 +18,12 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from .checkpoints import CheckpointRef, drop_staged, find_checkpoints, load_run_config, sampler_for, stage, verify
-from .evaluate import Evaluator
 from mvar_dist.fsio import sha256_file, write_json_atomic
+from mvar_dist.runs.generator import load_run_config
+from mvar_dist.runs.layout import CheckpointRef, find_checkpoints
+
+from .checkpoints import drop_staged, sampler_for, stage, verify
+from .evaluate import Evaluator
 from .npz import pack_folder
 from .results import Protocol, ResultsTable
 from .sampling import SamplePlan, SampleFn, generate_samples

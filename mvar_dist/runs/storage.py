@@ -1,4 +1,10 @@
-"""Checkpoints under an s3:// root (`ckpt.dir=s3://bucket/run/checkpoints`).
+"""Checkpoint storage: one interface over a local root (LocalRoot) and an s3:// root (RemoteRoot).
+
+Both answer the same questions about step folders by name (names, exists, is_complete, problem,
+read_text, set_aside, uri_of); `open_root` picks one. This is what resume planning, the trainer's
+writer and the readers share (torchtitan's CheckpointStorage plays the same part).
+
+Checkpoints under an s3:// root (`ckpt.dir=s3://bucket/run/checkpoints`).
 
 Object stores have no rename, so a step folder is uploaded in place and its `COMPLETE` marker,
 written by global rank 0 after every rank reported a successful upload, is what makes it complete:
@@ -13,18 +19,63 @@ folder being deleted never looks complete.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
 from mvar_dist.fsio import open_fs, sha256_file
 from . import manifest as mf
+from .layout import META, is_complete, list_checkpoints, parse_step
 
-_STEP_RE = re.compile(r"^step_(\d{8})$")
+DAMAGED_PREFIX = "damaged."
 
 
 def is_remote(root) -> bool:
     return str(root).startswith("s3://")
+
+
+def open_root(root):
+    """LocalRoot, or RemoteRoot for an s3:// root (pass it as a str: Path would fold the //)."""
+    return RemoteRoot(str(root)) if is_remote(root) else LocalRoot(Path(root))
+
+
+class LocalRoot:
+    """A checkpoint root on a filesystem, with the methods RemoteRoot has."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def uri_of(self, name: str) -> str:
+        return str(self.root / name)
+
+    def names(self) -> List[str]:
+        return [p.name for p in list_checkpoints(self.root)]
+
+    def exists(self, name: str) -> bool:
+        return (self.root / name).is_dir()
+
+    def is_complete(self, name: str) -> bool:
+        return is_complete(self.root / name)
+
+    def problem(self, name: str, mode: str) -> Optional[str]:
+        return mf.verify_folder(self.root / name, mode)
+
+    def read_text(self, name: str, rel: str) -> str:
+        return (self.root / name / rel).read_text()
+
+    def set_aside(self, name: str) -> str:
+        return set_aside(self.root / name).name
+
+
+def set_aside(folder: Path) -> Path:
+    """Move a damaged folder out of the step_* namespace: resume, retention and clean-up ignore it."""
+    folder = Path(folder)
+    dst = folder.with_name(DAMAGED_PREFIX + folder.name)
+    n = 1
+    while dst.exists():
+        dst = folder.with_name(f"{DAMAGED_PREFIX}{folder.name}.{n}")
+        n += 1
+    os.replace(folder, dst)
+    return dst
 
 
 class RemoteRoot:
@@ -46,7 +97,7 @@ class RemoteRoot:
         if not self.fs.exists(self.base):
             return []
         found = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.base, detail=False)]
-        steps = sorted((n for n in found if _STEP_RE.match(n)), key=lambda n: int(n[5:]))
+        steps = sorted((n for n in found if parse_step(n) is not None), key=parse_step)
         if complete_only:
             steps = [n for n in steps if self.is_complete(n)]
         return steps
@@ -55,7 +106,7 @@ class RemoteRoot:
         return self.fs.exists(self._path(name))
 
     def is_complete(self, name: str) -> bool:
-        return self.fs.exists(self._path(name, mf.MARKER)) and self.fs.exists(self._path(name, "meta.json"))
+        return self.fs.exists(self._path(name, mf.MARKER)) and self.fs.exists(self._path(name, META))
 
     def read_text(self, name: str, rel: str) -> str:
         return self.fs.cat_file(self._path(name, rel)).decode()
@@ -105,9 +156,9 @@ class RemoteRoot:
 
     def set_aside(self, name: str) -> str:
         """Move a damaged folder out of the step_* namespace (server-side copies, then deletes)."""
-        dst, n = f"damaged.{name}", 1
+        dst, n = f"{DAMAGED_PREFIX}{name}", 1
         while self.fs.exists(self._path(dst)):
-            dst, n = f"damaged.{name}.{n}", n + 1
+            dst, n = f"{DAMAGED_PREFIX}{name}.{n}", n + 1
         prefix = self._path(name) + "/"
         for key in self.fs.find(prefix):  # key by key: s3fs's recursive mv also tries the folder "keys"
             self.fs.copy(key, self._path(dst, key[len(prefix):]))
@@ -120,44 +171,3 @@ class RemoteRoot:
         for n in gone:
             self.delete(n)
         return gone
-
-
-UNIVERSAL = "ds/universal"  # checkpoint.DS_DIR/UNIVERSAL_TAG (not imported: checkpoint imports this module)
-
-
-def has_universal(store: RemoteRoot, name: str) -> bool:
-    """Whether the step folder has a complete universal copy (its own marker, written after its files)."""
-    return store.fs.exists(store._path(name, f"{UNIVERSAL}/{mf.MARKER}"))
-
-
-def upload_universal(store: RemoteRoot, name: str, folder: Path) -> None:
-    """Upload folder/ds/universal (made by checkpoint.ensure_universal), then its marker listing every file.
-
-    Rank 0 only. A half-uploaded copy has no marker: the next resume at another world size converts again."""
-    src = Path(folder) / UNIVERSAL
-    rels = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file() and p.name != mf.MARKER)
-    store.upload(src, f"{name}/{UNIVERSAL}", rels)
-    marker = {"step": int(name[5:]), "format": mf.MARKER_FORMAT, "files": mf.describe(src, rels)}
-    store.fs.pipe_file(store._path(name, f"{UNIVERSAL}/{mf.MARKER}"), mf.marker_text(marker).encode())
-
-
-def download_universal(store: RemoteRoot, name: str, folder: Path) -> Optional[str]:
-    """Download the remote universal copy into folder/ds/universal (all of it: every rank loads from every
-    parameter's file); sizes are checked against its marker. Returns the first problem, or None."""
-    text = store.read_text(name, f"{UNIVERSAL}/{mf.MARKER}")
-    files = mf.parse_marker(text) or {}
-    dst = Path(folder) / UNIVERSAL
-    here = dst / mf.MARKER
-    if here.is_file() and here.read_text() == text:  # another rank of this node fetched it already
-        return None
-    store.download(f"{name}/{UNIVERSAL}", sorted(files), dst)
-    problem = mf.verify_entries(files, lambda r: (dst / r).stat().st_size if (dst / r).is_file() else None,
-                                None, "size")
-    if problem is None:
-        (dst / mf.MARKER).write_text(text)
-    return problem
-
-
-def files_for_rank(files: Dict[str, Any], rank: int) -> List[str]:
-    """What a rank loads at the same world size: its own shards and RNG file, and the loader/meta files."""
-    return sorted(r for r in files if mf.file_owner(r) == rank or r in ("meta.json", "loader.json"))

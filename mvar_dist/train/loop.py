@@ -159,7 +159,7 @@ def _setup(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: 
            device: torch.device) -> _Run:
     """Tokenizer, data, resume plan, engine (with the resumed state) and the writers."""
     from mvar_dist.data import LoaderSettings, TokenLoader
-    from mvar_dist.tokenizer import MultiScaleVQVAE
+    from mvar_dist.vqvae import MultiScaleVQVAE
 
     micro, accum = batch_split(cfg.optim.global_batch, cfg.optim.micro_batch, world)
     if cfg.optim.precision == "fp16" and device.type != "cuda":

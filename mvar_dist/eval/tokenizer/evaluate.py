@@ -25,10 +25,11 @@ import numpy as np
 import torch
 
 from mvar_dist.fsio import sha256_file
-from mvar_dist.tokenizer import MultiScaleVQVAE
-from mvar_dist.tokenizer.training.codebook_health import CodebookHealth
-from mvar_dist.tokenizer.training.state import EXPORT_FILE, KIND
-from mvar_dist.train.checkpoint import is_complete, read_meta, step_of
+from mvar_dist.runs.layout import TOKENIZER_EXPORT as EXPORT_FILE
+from mvar_dist.runs.layout import TOKENIZER_KIND as KIND
+from mvar_dist.runs.layout import is_complete, read_meta, step_of
+from mvar_dist.train.tokenizer.codebook_health import CodebookHealth
+from mvar_dist.vqvae import MultiScaleVQVAE
 
 from . import recon_metrics as M
 from .results import TokenizerResultsTable
@@ -155,7 +156,7 @@ class MetricNets:
 
     def __init__(self, opts: TokEvalOptions):
         from mvar_dist.eval.inception import build_inception
-        from mvar_dist.tokenizer.training.lpips import LPIPS
+        from mvar_dist.train.tokenizer.lpips import LPIPS
 
         self.lpips = self.inception = None
         self.lpips_sha = self.inception_sha = ""

@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from mvar_dist.tokenizer.training.state import KIND
-from mvar_dist.train.checkpoint import is_complete, list_checkpoints
+from mvar_dist.runs.layout import TOKENIZER_KIND as KIND, is_complete, list_checkpoints
 
 from .evaluate import EvalImages, MetricNets, TokEvalOptions, evaluate_tokenizer, load_tokenizer, protocol_hash
 from .results import TokenizerResultsTable

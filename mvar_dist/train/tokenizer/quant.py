@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from mvar_dist.ops.codebook import nearest_code
-from mvar_dist.tokenizer.quantizer import MultiScaleQuantizer, area_resize
+from mvar_dist.vqvae.quantizer import MultiScaleQuantizer, area_resize
 
 
 @dataclass

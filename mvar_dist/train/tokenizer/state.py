@@ -25,12 +25,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from mvar_dist.distributed import init_process_group
-from mvar_dist.train.checkpoint import (CheckpointWriter, capture_rng, is_complete, latest_checkpoint, load_rng,
-                                        read_meta, restore_rng)
+from mvar_dist.runs.layout import TOKENIZER_EXPORT, TOKENIZER_KIND, is_complete, latest_checkpoint, read_meta
+from mvar_dist.train.checkpoint import CheckpointWriter, capture_rng, load_rng, restore_rng
 
-KIND = "var-vqvae-tokenizer-train"
+KIND = TOKENIZER_KIND
 STATE_FILE = "state.pt"
-EXPORT_FILE = "vae.safetensors"
+EXPORT_FILE = TOKENIZER_EXPORT
 
 
 # ----------------------------------------------------------------------------------------- process group

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from mvar_dist.tokenizer import MultiScaleVQVAE
+from mvar_dist.vqvae import MultiScaleVQVAE
 from mvar_dist.train.checkpoint import CheckpointWriter
 
 from . import state as S
