@@ -114,6 +114,23 @@ def test_fd_demo_command_writes_one_row_per_checkpoint_once(judge, tmp_path, cap
     assert main(["fd-demo", str(tmp_path), "--eval-dir", str(tmp_path / "eval")]) == 2  # no checkpoints/ folder
 
 
+def test_fd_demo_follows_a_non_default_ckpt_dir(judge, tmp_path):
+    """A run whose ckpt.dir is not <run>/checkpoints (its config.yaml says where) is evaluated, keyed by the run."""
+    from mvar_dist.__main__ import main
+    from mvar_dist.config import load_config, save_config
+    from mvar_dist.eval.fd_demo import read_fd_demo
+
+    model, report = judge
+    judge_file = D.save(model, tmp_path / "judge.safetensors", report)
+    run, elsewhere = tmp_path / "runs" / "mvar-d1", tmp_path / "disk2" / "ckpts"
+    save_config(load_config("mvar_tiny", [f"out_dir={run}", f"ckpt.dir={elsewhere}"]), run)
+    (elsewhere / "step_00000002").mkdir(parents=True)
+    _checkpoint(elsewhere / "step_00000002")
+    argv = ["fd-demo", str(run), "--eval-dir", str(tmp_path / "eval"), "--judge", str(judge_file), "--per-class", "1"]
+    assert main(argv) == 0
+    assert list(read_fd_demo(tmp_path / "eval")) == ["mvar-d1/step_00000002"]
+
+
 def test_sweep_table_and_quality_plot_use_fd_demo_without_fid():
     from mvar_dist.scaling.plots import quality_metric
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
@@ -135,6 +136,26 @@ def test_results_table_fits_and_plots(sweep_file, tmp_path):
     for p in out:
         head = p.read_bytes()[:8]
         assert p.stat().st_size > 5000 and head[:4] in (b"\x89PNG", b"%PDF")
+
+
+def test_results_table_follows_a_non_default_ckpt_dir(sweep_file, tmp_path):
+    """A run whose ckpt.dir is elsewhere (its config.yaml says where) still gets its checkpoint rows."""
+    import shutil
+
+    from mvar_dist.config import load_config, save_config
+
+    sweep = load_sweep(sweep_file)
+    assert LocalRunner(sweep, log=lambda m: None).run().ok
+    spec = sweep.runs()[0]
+    run = Path(spec.run_dir)
+    elsewhere = tmp_path / "disk2" / spec.run_id
+    elsewhere.parent.mkdir()
+    shutil.move(str(run / "checkpoints"), str(elsewhere))
+    (run / "summary.json").unlink()  # rows now come from the checkpoints alone
+    save_config(load_config("mvar_tiny", [f"out_dir={run}", f"ckpt.dir={elsewhere}"]), run)
+    rows = [r for r in read_table(write_table(sweep)) if r["run_id"] == spec.run_id]
+    assert [r["step"] for r in rows] == [4, 8, 12]
+    assert rows[-1]["checkpoint"] == f"{spec.run_id}/step_00000012"
 
 
 def test_launcher_plan_and_run(sweep_file, tmp_path, capsys):
