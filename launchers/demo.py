@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true", help="resolve the config, print the plan, run nothing")
     p.add_argument("--tok", action="append", default=[], metavar="KEY=VALUE",
-                   help="override of configs/tokenizer/demo.yaml, e.g. --tok optim.steps=200 (repeatable)")
+                   help="override of configs/tokenizer/demo.yaml, e.g. --tok optim.max_steps=200 (repeatable)")
     p.add_argument("--until", choices=("tokenizer", "shards"), default=None,
                    help="stop after this stage (`make sweep-demo` needs only the tokenizer and the shards)")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the demo preset, e.g. optim.epochs=40")

@@ -22,7 +22,7 @@ def parse_args(argv):
     p.add_argument("--config", default=None, help="YAML file of tokenizer-training settings (optional)")
     p.add_argument("--resume", default=None, help="auto | none | <step folder> (= ckpt.resume)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=imgs optim.steps=1000")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=imgs optim.max_steps=1000")
     return p.parse_args(argv)
 
 

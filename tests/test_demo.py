@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _demo(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(REPO / "launchers" / "demo.py"),
-           "--tok", "optim.steps=4", "--tok", "ckpt.every=2", "--tok", "log.every=2", "--tok", "data.num_workers=0",
+           "--tok", "optim.max_steps=4", "--tok", "ckpt.every_steps=2", "--tok", "log.log_every=2", "--tok", "data.num_workers=0",
            f"out_dir={tmp / 'demo'}", f"data.image_root={tmp / 'data'}", f"data.shards={tmp / 'demo' / 'shards'}",
            "optim.epochs=1", "ckpt.every_steps=6", "eval.num_per_class=2", *extra]
     # A HOME of its own: the demo's local Ray runtime writes ~/.ray/auth_token, and the session's private

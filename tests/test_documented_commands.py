@@ -95,14 +95,14 @@ COVERED: Dict[str, Tuple[Cheap, ...]] = {
         (py("-c", "import importlib.metadata as m; print(m.metadata('mvar-dist').get_all('Provides-Extra'))",
             expect="'gpu'"),),
     "bash .ci/run": (Cheap(("bash", "-n", ".ci/run")), MAKE_TEST),
-    "python launchers/demo.py optim.epochs=40 --tok optim.steps=600":
-        (py("launchers/demo.py", "--dry-run", "optim.epochs=40", "--tok", "optim.steps=600", expect="40 epoch(s)"),),
+    "python launchers/demo.py optim.epochs=40 --tok optim.max_steps=600":
+        (py("launchers/demo.py", "--dry-run", "optim.epochs=40", "--tok", "optim.max_steps=600", expect="40 epoch(s)"),),
     "make clean-demo": (make_n("clean-demo", expect="rm -rf outputs/demo_data outputs/demo"),),
     "python launchers/demo.py --until shards": (py("launchers/demo.py", "--until", "shards", "--dry-run",
                                                    expect="[demo] dry run"),),
     "python launchers/train_tokenizer.py --config configs/tokenizer/demo.yaml data.root=outputs/demo_data":
         (TOK_TRAIN_HELP, py("-c", "from mvar_dist.train.tokenizer.config import load_tok_config as f; "
-                                  "print(f('configs/tokenizer/demo.yaml', ['data.root=outputs/demo_data']).optim.steps)",
+                                  "print(f('configs/tokenizer/demo.yaml', ['data.root=outputs/demo_data']).optim.max_steps)",
                             expect="400"),),
     "python -m mvar_dist fd-demo outputs/sweeps/cpu_demo/runs/mvar-d3-s160-s0 --eval-dir outputs/eval": (FD_DEMO_HELP,),
     "python -m mvar_dist fd-demo {run_dir} --eval-dir {eval_dir}": (FD_DEMO_HELP,),

@@ -206,7 +206,7 @@ def test_service_evaluates_each_tokenizer_step_once(tmp_path, image_dir):
 
     tiny = ["tokenizer.ch=32", "tokenizer.ch_mult=[1,1]", "tokenizer.vocab_size=32", "tokenizer.z_channels=8",
             "tokenizer.patch_nums=[1,2,4,8]", "tokenizer.resolution=16", "data.min_side=8", "data.num_workers=0",
-            "optim.global_batch=2", "log.every=1", f"data.root={image_dir}", "optim.steps=2", "ckpt.every=1",
+            "optim.global_batch=2", "log.log_every=1", f"data.root={image_dir}", "optim.max_steps=2", "ckpt.every_steps=1",
             f"out_dir={tmp_path / 'run'}"]
     fit(load_tok_config(None, tiny))
     (tmp_path / "run" / "ckpt" / ".tmp.step_00000009").mkdir()        # a half-written save: ignored

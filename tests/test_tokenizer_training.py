@@ -141,6 +141,21 @@ def test_few_dozen_steps_lower_reconstruction_loss(tmp_path):
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
 
 
+@pytest.mark.parametrize("old,new", [("optim.steps", "optim.max_steps"), ("optim.grad_clip", "optim.clip"),
+                                     ("ckpt.every", "ckpt.every_steps"), ("log.every", "log.log_every")])
+def test_renamed_keys_are_refused_naming_the_new_one(tmp_path, old, new):
+    """The tokenizer trainer uses the main trainer's key names; an old one (override or YAML) names its successor."""
+    from mvar_dist.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"renamed to {new}"):
+        load_tok_config(None, [f"{old}=5"])
+    section, key = old.split(".")
+    (tmp_path / "tok.yaml").write_text(f"{section}:\n  {key}: 5\n")
+    with pytest.raises(ConfigError, match=f"renamed to {new}"):
+        load_tok_config(str(tmp_path / "tok.yaml"))
+    assert getattr(getattr(load_tok_config(None, [f"{new}=5"]), section), new.split(".")[1]) == 5
+
+
 def test_missing_image_folder_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="image folder not found"):
         ImageStream(str(tmp_path / "nope"), 16)

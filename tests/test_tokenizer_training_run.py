@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "launchers" / "train_tokenizer.py"
 TINY = ["tokenizer.ch=32", "tokenizer.ch_mult=[1,1]", "tokenizer.vocab_size=64", "tokenizer.z_channels=8",
         "tokenizer.patch_nums=[1,2,4,8]", "tokenizer.resolution=16", "data.min_side=8", "data.num_workers=0",
-        "optim.global_batch=4", "log.every=1", "optim.lr=1e-3"]
+        "optim.global_batch=4", "log.log_every=1", "optim.lr=1e-3"]
 PERF_KEYS = {"images_per_s"}
 
 
@@ -43,7 +43,7 @@ def records(run: Path):
 
 
 def test_stop_resume_identical_and_export_loads(tmp_path, image_dir):
-    extra = [f"data.root={image_dir}", "optim.steps=6", "ckpt.every=3", "quant.dropout_p=0.5",
+    extra = [f"data.root={image_dir}", "optim.max_steps=6", "ckpt.every_steps=3", "quant.dropout_p=0.5",
              "quant.dropout_min_scales=2", "quant.dead_every=2", "quant.dead_after=2", "gan.weight=0.5",
              "gan.start_step=2", "gan.n_layers=1", "gan.ndf=8", "gan.lecam=0.001", "data.hflip=true",
              "optim.ema=0.99"]
@@ -99,7 +99,7 @@ def _env():
 
 @pytest.mark.slow
 def test_two_gloo_ranks_equal_one_rank(tmp_path, image_dir):
-    extra = [f"data.root={image_dir}", "optim.steps=3", "ckpt.every=3", "quant.dead_every=0"]
+    extra = [f"data.root={image_dir}", "optim.max_steps=3", "ckpt.every_steps=3", "quant.dead_every=0"]
     fit(load_tok_config(None, TINY + extra + [f"out_dir={tmp_path / 'one'}"]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731",
            str(LAUNCHER), *TINY, *extra, f"out_dir={tmp_path / 'two'}"]
@@ -114,7 +114,7 @@ def test_two_gloo_ranks_equal_one_rank(tmp_path, image_dir):
     # world-size change: the 2-rank checkpoint continues on 1 rank like the 1-rank run does
     assert json.loads((tmp_path / "two" / "ckpt" / "step_00000003" / "meta.json").read_text())["world_size"] == 2
     for name in ("one", "two"):
-        fit(load_tok_config(None, TINY + [*extra, "optim.steps=4", f"out_dir={tmp_path / name}"]))
+        fit(load_tok_config(None, TINY + [*extra, "optim.max_steps=4", f"out_dir={tmp_path / name}"]))
     r1, r2 = records(tmp_path / "one")[-1], records(tmp_path / "two")[-1]
     assert r1["step"] == r2["step"] == 4
     assert r2["total"] == pytest.approx(r1["total"], rel=1e-4)
@@ -134,13 +134,13 @@ def test_documented_commands(tmp_path, image_dir, capsys):
     help_ = subprocess.run([sys.executable, str(LAUNCHER), "--help"], capture_output=True, text=True, env=_env())
     assert help_.returncode == 0 and "dotted overrides" in help_.stdout
     main = _launcher_main()
-    assert main([f"data.root={image_dir}", f"out_dir={tmp_path / 'r'}", *TINY, "optim.steps=2", "ckpt.every=2"]) == 0
+    assert main([f"data.root={image_dir}", f"out_dir={tmp_path / 'r'}", *TINY, "optim.max_steps=2", "ckpt.every_steps=2"]) == 0
     out = capsys.readouterr().out
     assert "LPIPS off" in out and '"status": "finished"' in out
     assert (tmp_path / "r" / "export" / "vae.pth").is_file()
     # fine-tuning from an official-key file (here: the export just written)
     assert main([f"init={tmp_path / 'r' / 'export' / 'vae.pth'}", f"data.root={image_dir}", f"out_dir={tmp_path / 'ft'}",
-                 *TINY, "optim.steps=1", "ckpt.every=1", "optim.lr=3e-5"]) == 0
+                 *TINY, "optim.max_steps=1", "ckpt.every_steps=1", "optim.lr=3e-5"]) == 0
     capsys.readouterr()
     assert main(["--resume", "none", f"data.root={tmp_path / 'none'}", *TINY]) == 2
     assert "image folder not found" in capsys.readouterr().err
@@ -149,8 +149,8 @@ def test_documented_commands(tmp_path, image_dir, capsys):
 def test_sigterm_saves_and_stops(tmp_path, image_dir, monkeypatch):
     import signal
 
-    cfg = load_tok_config(None, TINY + [f"data.root={image_dir}", f"out_dir={tmp_path}", "optim.steps=50",
-                                        "ckpt.every=50", "gan.weight=0.5", "gan.n_layers=1", "gan.ndf=8"])
+    cfg = load_tok_config(None, TINY + [f"data.root={image_dir}", f"out_dir={tmp_path}", "optim.max_steps=50",
+                                        "ckpt.every_steps=50", "gan.weight=0.5", "gan.n_layers=1", "gan.ndf=8"])
     real_step = TokenizerTrainer.train_step
 
     def step_then_signal(self, img):

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from mvar_dist.config import ConfigError, RunConfig
-from mvar_dist.distributed import destroy_process_group, init_process_group
+from mvar_dist.distributed import all_reduce_, destroy_process_group, init_process_group
 from mvar_dist.fsio import write_text_atomic
 from . import checkpoint as ck
 from .ckpt_sync import agreed_plan, publish_agreed, stage_dir
@@ -50,11 +50,6 @@ class TrainHooks:
 
     loss: Callable[[int, torch.Tensor], torch.Tensor] = _unchanged_loss
     before_upload: Optional[Callable[[int, int], None]] = None
-
-
-def _all_reduce(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
-    dist.all_reduce(t, op=op)
-    return t
 
 
 def drop_labels(labels_B: torch.Tensor, num_classes: int, p: float, seed: int, step: int, offset: int,
@@ -185,7 +180,8 @@ def _setup(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: 
         if rank == 0:
             ck.ensure_universal(plan.folder)
         dist.barrier()
-    ds_config = fill_ds_config(read_ds_config(ds_config_path), cfg, world, load_universal=bool(plan and plan.universal))
+    ds_config = fill_ds_config(read_ds_config(ds_config_path), cfg, world, load_universal=bool(plan and plan.universal),
+                               split=(micro, accum))
 
     big = cfg.model.width >= 1536  # d24 and up: never materialise the full model per rank
     model = _build_model(cfg, ds_config, zero_init == "on" or (zero_init == "auto" and big and world > 1))
@@ -283,7 +279,7 @@ def _forever(loader) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _any_rank(flag: bool, device: torch.device) -> bool:
-    return _all_reduce(torch.tensor([float(flag)], device=device), dist.ReduceOp.MAX).item() > 0
+    return all_reduce_(torch.tensor([float(flag)], device=device), dist.ReduceOp.MAX).item() > 0
 
 
 def _forward_backward(run: _Run, labels_B: torch.Tensor, tokens_BL: torch.Tensor,
@@ -312,7 +308,7 @@ def _forward_backward(run: _Run, labels_B: torch.Tensor, tokens_BL: torch.Tensor
             local_loss += float(loss.detach()) / run.accum
     except torch.OutOfMemoryError as e:
         raise ConfigError("optim.micro_batch", oom_message(cfg, run.micro)) from e
-    return _all_reduce(sums), _all_reduce(fingerprint), local_loss
+    return all_reduce_(sums), all_reduce_(fingerprint), local_loss
 
 
 def _record_step(run: _Run, sums: torch.Tensor, fingerprint: torch.Tensor, local_loss: float, lr: float,
@@ -448,7 +444,7 @@ def evaluate(engine, vae, val_loader, patch_nums, micro: int, dtype, device) -> 
             logits_BLV = engine(labels_B[sl], teacher_BLC[sl])
             ce_BL, _ = token_losses(logits_BLV, tokens_BL[sl])
             sums += scale_sums(ce_BL, logits_BLV, tokens_BL[sl], patch_nums)
-    _all_reduce(sums)
+    all_reduce_(sums)
     engine.train()
     reset_zero3_trace(engine)
     out = summarize(sums, patch_nums)

@@ -1,8 +1,9 @@
 """`MultiScaleVQVAE`: the VAR multi-scale residual VQVAE tokenizer, compatible with the official
 `vae_ch160v4096z32.pth` (docs/tokenizer.md, "Architecture").
 
-Frozen by construction (eval mode, no parameter requires grad); every public method runs under
-`torch.no_grad()` and also works under `torch.inference_mode()`. Images enter in [-1, 1]; token ids
+Built frozen (eval mode, no parameter requires grad), as the data pipeline, the trainer and the
+evaluation use it; only the tokenizer trainer (mvar_dist/train/tokenizer/) turns its gradients back
+on. Every public method runs under `torch.no_grad()` and also works under `torch.inference_mode()`. Images enter in [-1, 1]; token ids
 per scale are raster row-major (B, pn*pn) int64, coarse to fine.
 """
 from __future__ import annotations

@@ -10,11 +10,12 @@ id, protocol hash) is not yet in `<work_dir>/tokenizer_results.csv`, so a restar
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from mvar_dist.runs.layout import TOKENIZER_KIND as KIND, is_complete, list_checkpoints
+
+from mvar_dist.eval.watch import watch
 
 from .evaluate import EvalImages, MetricNets, TokEvalOptions, evaluate_tokenizer, load_tokenizer, protocol_hash
 from .results import TokenizerResultsTable
@@ -81,12 +82,4 @@ class TokenizerEvalService:
         return rows
 
     def watch(self, max_passes: Optional[int] = None) -> None:
-        passes = 0
-        while True:
-            rows = self.run_once()
-            passes += 1
-            if max_passes is not None and passes >= max_passes:
-                return
-            if not rows:
-                self.log(f"[tok-eval] nothing new under {self.roots}; next look in {self.poll_s:.0f}s")
-            time.sleep(self.poll_s)
+        watch(self.run_once, self.roots, self.poll_s, self.log, "tok-eval", max_passes)

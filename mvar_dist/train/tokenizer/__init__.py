@@ -1,7 +1,7 @@
 """Training the VAR multi-scale VQVAE tokenizer (docs/tokenizer_training.md).
 
-The inference model (`mvar_dist.vqvae.MultiScaleVQVAE`) stays frozen by construction; this
-sub-package re-enables its gradients and adds what only training needs: the straight-through
+The network (`mvar_dist.vqvae.MultiScaleVQVAE`) is built frozen for its users; this sub-package
+re-enables its gradients and adds what only training needs: the straight-through
 residual quantiser with its codebook/commitment losses, codebook health (usage, perplexity,
 dead-code re-initialisation), reconstruction / perceptual / adversarial losses, the image stream,
 and the data-parallel trainer with step checkpoints and official-key export.

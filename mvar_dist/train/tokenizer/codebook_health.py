@@ -14,9 +14,8 @@ from typing import Dict, Optional, Sequence
 import torch
 import torch.distributed as dist
 
+from mvar_dist.distributed import world_size
 
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 class CodebookHealth:
@@ -63,7 +62,7 @@ class CodebookHealth:
     def interval_stats(self, device: torch.device) -> Dict[str, float]:
         """usage_s<si> (fraction of codes used), ppl_s<si> (perplexity) per scale; resets the counts."""
         counts_SV = self.counts_SV.to(device)
-        if _world() > 1:
+        if world_size() > 1:
             dist.all_reduce(counts_SV)
         counts_SV = counts_SV.cpu()
         out: Dict[str, float] = {}
@@ -84,7 +83,7 @@ class CodebookHealth:
     # ------------------------------------------------------------------------------- re-init
     def dead_codes(self, step: int, dead_after: int, device: torch.device) -> torch.Tensor:
         last_V = self.last_hit_V.to(device)
-        if _world() > 1:
+        if world_size() > 1:
             dist.all_reduce(last_V, op=dist.ReduceOp.MAX)
         self.last_hit_V = last_V.cpu()
         return torch.nonzero(int(step) - self.last_hit_V >= int(dead_after)).flatten()
@@ -96,14 +95,14 @@ class CodebookHealth:
         weight_VC = embedding.weight
         dead_D = self.dead_codes(step, dead_after, weight_VC.device)
         have = torch.tensor([self.buffer_NC.shape[0]], device=weight_VC.device)
-        if _world() > 1:
+        if world_size() > 1:
             dist.all_reduce(have, op=dist.ReduceOp.MIN)  # every rank takes the same branch
         if dead_D.numel() == 0 or int(have[0]) == 0:
             return 0
         g = torch.Generator().manual_seed(self.seed * 104729 + int(step))
         pick = torch.randint(0, self.buffer_NC.shape[0], (dead_D.numel(),), generator=g)
         weight_VC[dead_D.to(weight_VC.device)] = self.buffer_NC[pick].to(weight_VC)
-        if _world() > 1:
+        if world_size() > 1:
             dist.broadcast(weight_VC.data, src=0)
         self.last_reinit_D = dead_D
         self.last_hit_V[dead_D] = int(step)  # a grace period before the same code can be declared dead again

@@ -63,13 +63,13 @@ class TokQuantConfig:
 
 @dataclass
 class TokOptimConfig:
-    steps: int = 1000           # total optimizer steps
+    max_steps: int = 1000       # total optimizer steps
     global_batch: int = 16      # images per step over all ranks (must divide by the world size)
     lr: float = 3e-4            # AdamW lr (vaex)
     betas: Tuple[float, float] = (0.5, 0.9)  # AdamW betas (vaex)
     weight_decay: float = 0.005  # on conv / linear weights only (vaex)
     warmup_steps: int = 0       # linear lr warm-up
-    grad_clip: float = 10.0     # global grad-norm clip; 0 = off (vaex)
+    clip: float = 10.0          # global grad-norm clip; 0 = off (vaex)
     ema: float = 0.0            # EMA decay of the generator weights, exported as vae_ema.*; 0 = off (vaex 0.9999)
     precision: str = "auto"     # "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp32"; the quantiser is always fp32
 
@@ -77,7 +77,7 @@ class TokOptimConfig:
 @dataclass
 class TokCkptConfig:
     dir: str = ""               # "" = <out_dir>/ckpt
-    every: int = 500            # steps between step folders
+    every_steps: int = 500      # steps between step folders
     keep_last: int = 2          # newest complete step folders kept
     keep_every: int = 0         # also keep multiples of this step
     resume: str = "auto"        # "auto" (newest complete), "none", or a step folder path
@@ -85,7 +85,7 @@ class TokCkptConfig:
 
 @dataclass
 class TokLogConfig:
-    every: int = 20             # steps between metrics records (losses, usage per scale, grad norm, img/s)
+    log_every: int = 20         # steps between metrics records (losses, usage per scale, grad norm, img/s)
     images_every: int = 500     # steps between reconstruction images in TensorBoard; 0 = never
 
 
@@ -110,8 +110,8 @@ class TokTrainConfig:
 
     def validate(self) -> "TokTrainConfig":
         self.tokenizer.validate()
-        if self.optim.steps <= 0 or self.optim.global_batch <= 0:
-            raise ConfigError("optim", f"steps and global_batch must be positive, got {self.optim.steps}, "
+        if self.optim.max_steps <= 0 or self.optim.global_batch <= 0:
+            raise ConfigError("optim", f"max_steps and global_batch must be positive, got {self.optim.max_steps}, "
                                        f"{self.optim.global_batch}")
         if self.optim.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError("optim.precision", f"must be auto, bf16 or fp32, got {self.optim.precision!r}")
@@ -122,12 +122,25 @@ class TokTrainConfig:
         for k in ("l1", "l2", "vq", "beta", "lpips"):
             if getattr(self.loss, k) < 0:
                 raise ConfigError(f"loss.{k}", "must be >= 0")
-        if self.ckpt.every <= 0 or self.log.every <= 0:
-            raise ConfigError("ckpt.every / log.every", "must be positive")
+        if self.ckpt.every_steps <= 0 or self.log.log_every <= 0:
+            raise ConfigError("ckpt.every_steps / log.log_every", "must be positive")
         return self
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# Keys renamed to the main trainer's words for the same things; the old ones are refused by name.
+RENAMED = {"optim.steps": "optim.max_steps", "optim.grad_clip": "optim.clip", "ckpt.every": "ckpt.every_steps",
+           "log.every": "log.log_every"}
+
+
+def _refuse_renamed(data: Dict[str, Any], overrides: Iterable[str]) -> None:
+    given = {k.split("=", 1)[0].strip() for k in overrides}
+    given |= {f"{section}.{k}" for section, sub in data.items() if isinstance(sub, dict) for k in sub}
+    for old, new in RENAMED.items():
+        if old in given:
+            raise ConfigError(old, f"renamed to {new} (the main trainer's name); write {new}")
 
 
 def load_tok_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> TokTrainConfig:
@@ -135,4 +148,6 @@ def load_tok_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -
     if path and not Path(path).is_file():
         raise ConfigError("config", f"no config file {path}")
     data = read_yaml_tree(Path(path).resolve()) if path else {}
+    overrides = list(overrides)
+    _refuse_renamed(data, overrides)
     return fill_config(TokTrainConfig(), data, overrides).validate()

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from mvar_dist import distributed as D
 from mvar_dist.train.metrics import append_jsonl, truncate_jsonl
 from mvar_dist.train.signals import StopFlag
 
@@ -71,21 +72,21 @@ def _group(key: str) -> str:
 
 
 def fit(cfg: TokTrainConfig, rank: int = 0, world: int = 1, device: Optional[torch.device] = None) -> Dict[str, Any]:
-    """Train to cfg.optim.steps (or until SIGTERM / stop_after), saving and exporting; returns a summary."""
+    """Train to cfg.optim.max_steps (or until SIGTERM / stop_after), saving and exporting; returns a summary."""
     device = device or torch.device("cpu")
     torch.manual_seed(cfg.seed)
     stream = ImageStream(cfg.data.root, cfg.tokenizer.resolution, cfg.data.hflip, cfg.data.min_side, cfg.seed,
                          cfg.data.s3_endpoint)
     tr = TokenizerTrainer(cfg, rank, world, device)
     tr.writer.clean_stale()
-    S.barrier()
+    D.barrier()
     resumed = tr.resume()
     tr.log(f"tokenizer {tr.vae.extra_repr()} | {sum(p.numel() for p in tr.vae.parameters()) / 1e6:.2f} M params | "
            f"{stream.num_images} images | world {world} | start step {tr.step}")
     logger = Logger(Path(cfg.out_dir), rank, tr.step)
     stop = StopFlag().install()
     start_step, saved_at, status = tr.step, -1, "finished"
-    loader = make_loader(stream, tr.step, cfg.optim.steps, cfg.optim.global_batch, rank, world,
+    loader = make_loader(stream, tr.step, cfg.optim.max_steps, cfg.optim.global_batch, rank, world,
                          cfg.data.num_workers, cfg.data.prefetch)
     t_log, images_since = time.perf_counter(), 0.0
     try:
@@ -94,7 +95,7 @@ def fit(cfg: TokTrainConfig, rank: int = 0, world: int = 1, device: Optional[tor
             out = tr.train_step(img)
             images_since += out["images"]
             dead = _dead_check(tr)
-            if tr.step % cfg.log.every == 0 or tr.step == cfg.optim.steps:
+            if tr.step % cfg.log.log_every == 0 or tr.step == cfg.optim.max_steps:
                 now = time.perf_counter()
                 rec = {"step": tr.step, **out, "lr": tr.lr_at(tr.step - 1), "rejected": tr.rejected,
                        "images_per_s": images_since / max(now - t_log, 1e-9), **tr.health.interval_stats(device)}
@@ -105,7 +106,7 @@ def fit(cfg: TokTrainConfig, rank: int = 0, world: int = 1, device: Optional[tor
                 t_log, images_since = time.perf_counter(), 0.0
             if cfg.log.images_every and tr.step % cfg.log.images_every == 0:
                 _log_images(tr, logger, img)
-            if tr.step % cfg.ckpt.every == 0 or tr.step == cfg.optim.steps:
+            if tr.step % cfg.ckpt.every_steps == 0 or tr.step == cfg.optim.max_steps:
                 tr.save()
                 saved_at = tr.step
             if _should_stop(tr, stop, start_step):
@@ -123,7 +124,7 @@ def fit(cfg: TokTrainConfig, rank: int = 0, world: int = 1, device: Optional[tor
                                          stem="vae_ema")
                 summary["export"].update({f"ema_{k}": str(v) for k, v in ema.items()})
             tr.log(f"exported {paths['pth']} and {paths['safetensors']}")
-        S.barrier()
+        D.barrier()
         return summary
     finally:
         stop.restore()
@@ -132,7 +133,7 @@ def fit(cfg: TokTrainConfig, rank: int = 0, world: int = 1, device: Optional[tor
 
 def _count_rejects(tr: TokenizerTrainer, bad: List[str]) -> None:
     n = torch.tensor([float(len(bad))])
-    tr.rejected += int(S.all_reduce_(n)[0])
+    tr.rejected += int(D.all_reduce_(n)[0])
     for why in bad:
         if tr.rejected <= MAX_REJECT_LINES:
             print(f"rejected image (rank {tr.rank}): {why}", flush=True)
@@ -159,7 +160,7 @@ def _log_images(tr: TokenizerTrainer, logger: Logger, img: torch.Tensor) -> None
 
 def _should_stop(tr: TokenizerTrainer, stop: StopFlag, start_step: int) -> bool:
     want = stop.requested or (tr.cfg.stop_after > 0 and tr.step - start_step >= tr.cfg.stop_after)
-    flag = S.all_reduce_(torch.tensor([1.0 if want else 0.0], device=tr.device))
+    flag = D.all_reduce_(torch.tensor([1.0 if want else 0.0], device=tr.device))
     if float(flag[0]) > 0:
         tr.log(f"stop requested at step {tr.step}: saving and exiting")
         return True

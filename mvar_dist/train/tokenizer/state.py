@@ -39,36 +39,6 @@ def init_distributed() -> Tuple[int, int, torch.device]:
     return init_process_group(single_process=False)
 
 
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def all_reduce_(t: torch.Tensor, op=None) -> torch.Tensor:
-    if world_size() > 1:
-        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t
-
-
-def barrier() -> None:
-    if world_size() > 1:
-        dist.barrier()
-
-
-def all_reduce_grads(params: Iterable[torch.nn.Parameter]) -> None:
-    """Sum the gradients over ranks in one flat buffer (a missing grad counts as zeros)."""
-    params = [p for p in params if p.requires_grad]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    if world_size() == 1 or not params:
-        return
-    grads = [p.grad for p in params]
-    flat = torch._utils._flatten_dense_tensors(grads)
-    dist.all_reduce(flat)
-    for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-        g.copy_(synced)
-
-
 # ----------------------------------------------------------------------------------------- export
 def export_copy(vae: torch.nn.Module, l2_norm_codes: bool) -> torch.nn.Module:
     """A CPU copy of the generator as inference sees it (unit codes baked in when they are l2-normalised)."""

@@ -15,8 +15,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from mvar_dist.vqvae import MultiScaleVQVAE
+from mvar_dist import distributed as D
 from mvar_dist.train.checkpoint import CheckpointWriter
+from mvar_dist.vqvae import MultiScaleVQVAE
 
 from . import state as S
 from .codebook_health import CodebookHealth
@@ -127,7 +128,7 @@ class TokenizerTrainer:
         last = self.vae.decoder.conv_out.weight
         g_rec = torch.autograd.grad(rec_loss * share, last, retain_graph=True)[0]
         g_gan = torch.autograd.grad(g_loss * share, last, retain_graph=True)[0]
-        S.all_reduce_(g_rec), S.all_reduce_(g_gan)
+        D.all_reduce_(g_rec), D.all_reduce_(g_gan)
         return adaptive_weight(g_rec, g_gan, self.cfg.gan.adaptive_max)
 
     def generator_loss(self, img_B3HW: torch.Tensor, share: float):
@@ -152,7 +153,7 @@ class TokenizerTrainer:
         """One optimizer step on this rank's images (may be empty); returns the global means."""
         step = self.step
         n_local = int(img_B3HW.shape[0]) if img_B3HW.dim() == 4 else 0
-        n_global = float(S.all_reduce_(torch.tensor([float(n_local)], device=self.device))[0])
+        n_global = float(D.all_reduce_(torch.tensor([float(n_local)], device=self.device))[0])
         if n_local == 0:  # keep the collectives aligned: a zero-weight pass on a blank image
             r = self.vae.resolution
             img_B3HW = torch.zeros(1, 3, r, r)
@@ -163,7 +164,7 @@ class TokenizerTrainer:
         loss, terms, rec, q, extra = self.generator_loss(img_B3HW, share)
         self.opt.zero_grad(set_to_none=True)
         (loss * share).backward()
-        S.all_reduce_grads(self.vae.parameters())
+        D.all_reduce_grads(self.vae.parameters())
         gn = self._clip(self.vae.parameters())
         self.opt.step()
         self.update_ema()
@@ -207,7 +208,7 @@ class TokenizerTrainer:
         self.disc.requires_grad_(True)
         logits_real, logits_fake = self.disc(img), self.disc(rec)
         d_loss = hinge_d_loss(logits_real, logits_fake)
-        means = S.all_reduce_(torch.stack([logits_real.detach().float().mean(),
+        means = D.all_reduce_(torch.stack([logits_real.detach().float().mean(),
                                            logits_fake.detach().float().mean()]) * share)
         if self.lecam is not None:
             if self.lecam.ema_real is not None:
@@ -215,22 +216,22 @@ class TokenizerTrainer:
             self.lecam.update(means[0], means[1])
         self.opt_d.zero_grad(set_to_none=True)
         (d_loss * share).backward()
-        S.all_reduce_grads(self.disc.parameters())
+        D.all_reduce_grads(self.disc.parameters())
         self._clip(self.disc.parameters())
         self.opt_d.step()
-        d = S.all_reduce_(d_loss.detach().float().reshape(1) * share)
+        d = D.all_reduce_(d_loss.detach().float().reshape(1) * share)
         return {"d_hinge": float(d[0]), "logits_real": float(means[0]), "logits_fake": float(means[1])}
 
     def _clip(self, params) -> float:
         params = [p for p in params if p.grad is not None]
-        clip = self.cfg.optim.grad_clip
+        clip = self.cfg.optim.clip
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
         return float(norm)
 
     def _global_means(self, terms: Dict[str, torch.Tensor], n_local: int, share: float) -> Dict[str, float]:
         keys = sorted(terms)
         vec = torch.stack([terms[k].detach().float().reshape(()) for k in keys]).double() * share
-        vec = S.all_reduce_(vec.to(self.device))
+        vec = D.all_reduce_(vec.to(self.device))
         return {k: float(v) for k, v in zip(keys, vec.tolist())}
 
     # ------------------------------------------------------------------------------------- state
