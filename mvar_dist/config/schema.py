@@ -216,6 +216,21 @@ class CheckpointConfig:
 
 
 @dataclass
+class EmaConfig:
+    enabled: bool = False           # keep an fp32 EMA of the weights (per rank, on its ZeRO-3 partition); off as in VAR/M-VAR
+    decay: float = 0.9999           # target decay; the applied decay is min(decay, (1+k)/(10+k)), k = steps after start_step
+    start_step: int = 0             # up to this optimizer step the EMA copies the weights; averaging starts after it
+    every: int = 1                  # fold the weights in every N optimizer steps (counted from start_step)
+
+    def validate(self) -> None:
+        if not 0.0 <= self.decay < 1.0:
+            raise ConfigError("ema.decay", f"must be in [0, 1), got {self.decay}")
+        if self.start_step < 0:
+            raise ConfigError("ema.start_step", f"must be >= 0, got {self.start_step}")
+        _positive("ema.every", self.every)
+
+
+@dataclass
 class LoggingConfig:
     tb_dir: str = ""                # TensorBoard dir; "" = <out_dir>/tb
     log_every: int = 10             # console/TensorBoard interval in steps
@@ -253,6 +268,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ckpt: CheckpointConfig = field(default_factory=CheckpointConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
     log: LoggingConfig = field(default_factory=LoggingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -266,7 +282,7 @@ class RunConfig:
             self.log.tb_dir = f"{self.out_dir}/tb"
         self.model.resolve()
         self.optim.resolve()
-        for section in (self.model, self.tokenizer, self.data, self.optim, self.ckpt, self.eval):
+        for section in (self.model, self.tokenizer, self.data, self.optim, self.ckpt, self.ema, self.eval):
             section.validate()
         return self
 
@@ -281,4 +297,4 @@ def _one_of(key: str, value, allowed) -> None:
         raise ConfigError(key, f"must be one of {list(allowed)}, got {value!r}")
 
 
-SECTIONS = ("model", "tokenizer", "data", "optim", "ckpt", "log", "eval")
+SECTIONS = ("model", "tokenizer", "data", "optim", "ckpt", "ema", "log", "eval")

@@ -9,10 +9,22 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .layout import META, RUN_CONFIG, read_meta
+from .layout import META, RUN_CONFIG, WEIGHT_FILES, read_meta
 
-WEIGHTS = "model.safetensors"  # the consolidated generator in the official key names
-READ_FILES = (WEIGHTS, RUN_CONFIG, META)  # what loading reads
+WEIGHTS = WEIGHT_FILES["raw"]  # the consolidated generator in the official key names
+READ_FILES = (WEIGHTS, RUN_CONFIG, META)  # what loading the raw weights reads
+
+
+def weights_file(weights: str = "raw") -> str:
+    """The consolidated file of a weights kind: "raw" (the trained weights) or "ema" (their EMA)."""
+    if weights not in WEIGHT_FILES:
+        raise ValueError(f"weights must be one of {sorted(WEIGHT_FILES)}, got {weights!r}")
+    return WEIGHT_FILES[weights]
+
+
+def read_files(weights: str = "raw") -> tuple:
+    """What load_generator(folder, weights=...) reads (for verification and staging)."""
+    return (weights_file(weights), RUN_CONFIG, META)
 
 
 def load_run_config(folder):
@@ -24,19 +36,21 @@ def load_run_config(folder):
     return load_config(str(path))
 
 
-def load_generator(folder, device="cpu", run_cfg=None):
+def load_generator(folder, device="cpu", run_cfg=None, weights: str = "raw"):
     """(run config, MVAR in eval mode, tokenizer in eval mode) of a step folder.
 
+    weights: "raw" loads model.safetensors, "ema" model_ema.safetensors (runs trained with ema.enabled).
     The tokenizer is rebuilt from the run config and must hash to meta.json's `tokenizer_hash`."""
     from mvar_dist.model import MVAR
     from mvar_dist.vqvae import MultiScaleVQVAE
 
     folder = Path(folder)
     cfg = run_cfg or load_run_config(folder)
-    weights = folder / WEIGHTS
-    if not weights.is_file():
-        raise FileNotFoundError(f"{folder}: no {WEIGHTS} (consolidated model) to sample from")
-    model = MVAR.from_official(str(weights), patch_nums=tuple(cfg.tokenizer.patch_nums),
+    path = folder / weights_file(weights)
+    if not path.is_file():
+        hint = " (the run was trained without ema.enabled)" if weights == "ema" else ""
+        raise FileNotFoundError(f"{folder}: no {path.name} (consolidated model) to sample from{hint}")
+    model = MVAR.from_official(str(path), patch_nums=tuple(cfg.tokenizer.patch_nums),
                                **dataclasses.asdict(cfg.model))
     # seed 0: the data pipeline's random tokenizer when tokenizer.checkpoint is empty (demo / tests)
     vae = MultiScaleVQVAE.from_config(cfg.tokenizer, seed=0)

@@ -7,6 +7,8 @@
             meta.json             step, world size, arch, shapes, tokenizer hash
             config.yaml           the resolved run config
             model.safetensors     the consolidated generator in the official key names
+            model_ema.safetensors the same for the EMA weights (ema.enabled)
+            ema/rank_00000.safetensors   each rank's fp32 EMA of its ZeRO-3 partition (train/ema.py)
 
 A checkpoint id is `<run>/step_XXXXXXXX`; results tables are keyed by it. Readers find a run's
 checkpoint root with `ckpt_root(run_dir)` (it follows a non-default ckpt.dir) and the complete
@@ -29,6 +31,13 @@ CKPT_SUBDIR = "checkpoints"         # ckpt.dir's default under out_dir
 TOKENIZER_KIND = "var-vqvae-tokenizer-train"  # meta.json "kind" of a tokenizer-training step folder
 TOKENIZER_EXPORT = "vae.safetensors"          # its generator in the official key names
 STEP_RE = re.compile(r"^step_(\d{8})$")
+EMA_DIR = "ema"                     # per-rank EMA partitions inside a step folder
+WEIGHT_FILES = {"raw": "model.safetensors", "ema": "model_ema.safetensors"}  # consolidated generator by weights kind
+
+
+def ema_file(rank: int) -> str:
+    """A rank's EMA partition file, relative to the step folder (manifest.file_owner knows the pattern)."""
+    return f"{EMA_DIR}/rank_{rank:05d}.safetensors"
 
 
 def step_name(step: int) -> str:

@@ -7,7 +7,7 @@ Marker (`COMPLETE`, JSON), written by global rank 0 once every rank has reported
                "meta.json": {"size": 404, "sha256": "...", "rank": 0}, ...}}
 
 Each rank hashes the files it wrote (its ZeRO-3 shards, named by DeepSpeed after the data-parallel
-rank, and its RNG file); rank 0 also hashes the shared files (model.safetensors, the small JSON/YAML
+rank, its RNG file and, with EMA on, its EMA partition); rank 0 also hashes the shared files (model.safetensors, the small JSON/YAML
 files, DeepSpeed's recovery scripts). Hashing where the file was written spreads the cost over the
 ranks and works when a rank's files are on a disk only that rank sees.
 
@@ -30,6 +30,7 @@ VERIFY_MODES = ("hash", "size")
 # DeepSpeed names ZeRO shards after the data-parallel rank (= global rank here: no model/pipeline parallelism).
 _SHARD_RE = re.compile(r"(?:^|/)(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_(optim|model)_states\.pt$")
 _RNG_RE = re.compile(r"^rng/rank_(\d+)\.pt$")
+_EMA_RE = re.compile(r"^ema/rank_(\d+)\.safetensors$")  # layout.ema_file (layout imports this module)
 # Added after publishing (the cached universal conversion has its own marker), so never listed.
 _LATER = ("ds/universal/", "ds/.universal")
 
@@ -44,7 +45,7 @@ class CheckpointDamaged(ValueError):
 
 def file_owner(rel: str) -> Optional[int]:
     """The rank that writes this file (by its name), or None for a shared file (written by rank 0)."""
-    m = _SHARD_RE.search(rel) or _RNG_RE.match(rel)
+    m = _SHARD_RE.search(rel) or _RNG_RE.match(rel) or _EMA_RE.match(rel)
     return int(m.group(1)) if m else None
 
 

@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from . import checkpoint as ck
 from mvar_dist.runs import manifest as mf
+from mvar_dist.runs.layout import EMA_DIR
 
 
 def stage_dir(cfg) -> Path:
@@ -49,7 +50,7 @@ def agreed_plan(cfg, rank: int, expect: Dict[str, Any]) -> Optional[ck.ResumePla
 def _fetch_agreed(plan: ck.ResumePlan, rank: int) -> None:
     """Each rank downloads what it loads; a failure anywhere stops all.
 
-    Same world size: its shards, RNG file and the loader/meta files. Another world size: rank 0 first
+    Same world size: its shards, RNG and EMA files and the loader/meta files. Another world size: rank 0 first
     makes the universal copy unless the remote folder has one (downloads all of ds/state, converts,
     uploads ds/universal with its own marker: later resumes reuse it), then every rank downloads it."""
     from . import remote_fetch as remote
@@ -80,7 +81,8 @@ def _fetch_agreed(plan: ck.ResumePlan, rank: int) -> None:
         error = ""
     try:
         if plan.universal:
-            error = fetch(["meta.json", "loader.json"])
+            # Every old rank's EMA file: a new rank's slice may come from any of them (train/ema.py).
+            error = fetch(["meta.json", "loader.json", *sorted(r for r in files if r.startswith(f"{EMA_DIR}/"))])
             if not error and not converted:  # rank 0 has the copy it made
                 error = remote.download_universal(store, name, plan.folder) or ""
         elif not error:

@@ -1,12 +1,14 @@
 """Consolidated model-only export (official key names) from a ZeRO-3-partitioned module."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 
 from mvar_dist.fsio import atomic_path
+from mvar_dist.runs.layout import WEIGHT_FILES
 
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -34,3 +36,22 @@ def save_model_file(sd: Dict[str, torch.Tensor], path: Path, metadata: Dict[str,
 
     with atomic_path(path) as tmp:
         save_file(sd, str(tmp), metadata=metadata)
+
+
+def export_weights(engine, ema, rank: int, folder: Path, dtype: str, metadata: Dict[str, str]) -> List[str]:
+    """Collective: model.safetensors and, when `ema` (train/ema.py) is given, model_ema.safetensors.
+
+    Rank 0 writes both; returns its write errors (OSError text) so they reach the checkpoint's report."""
+    from .engine import reset_zero3_trace
+
+    errors = []
+    for kind in ("raw", "ema") if ema is not None else ("raw",):
+        with ema.swapped_in() if kind == "ema" else contextlib.nullcontext():
+            sd = gather_official_state_dict(engine.module, rank, dtype)
+        if rank == 0:
+            try:
+                save_model_file(sd, Path(folder) / WEIGHT_FILES[kind], {**metadata, "weights": kind})
+            except OSError as e:
+                errors.append(f"{type(e).__name__}: {e}")
+    reset_zero3_trace(engine)
+    return errors

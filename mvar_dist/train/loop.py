@@ -21,10 +21,11 @@ from mvar_dist.config import ConfigError, RunConfig
 from mvar_dist.distributed import all_reduce_, destroy_process_group, init_process_group
 from mvar_dist.fsio import write_text_atomic
 from . import checkpoint as ck
+from . import ema as ema_mod
 from .ckpt_sync import agreed_plan, publish_agreed, stage_dir
 from .engine import batch_split, build_engine, engine_dtype, fill_ds_config, oom_message, read_ds_config, \
     repair_after_universal_load, reset_zero3_trace, set_lr_wd
-from .export import gather_official_state_dict, save_model_file
+from .export import export_weights
 from .metrics import MetricsWriter, StepTimer, device_peak_flops, peak_memory_gb, scale_sums, summarize, \
     token_losses, append_jsonl, truncate_jsonl
 from .schedule import Schedule
@@ -107,6 +108,7 @@ class _Run:
     peak_flops: float                    # of one device, for MFU; 0 when unknown
     writer: ck.CheckpointWriter
     metrics: Optional[MetricsWriter] = None
+    ema: Optional[ema_mod.PartitionEMA] = None  # ema.enabled: this rank's fp32 EMA partition
     rank_log: Optional[Path] = None
     step: int = 0
     last_saved: int = -1                 # -1: nothing saved by or before this run
@@ -194,6 +196,7 @@ def _setup(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: 
                peak_flops=device_peak_flops(device, cfg.optim.precision, cfg.log.peak_tflops), writer=writer)
     _resume(run, plan)
     _open_logs(run, plan)
+    run.ema = ema_mod.start(cfg, engine, rank, plan.folder if plan else None, run.metrics.message)
     return run
 
 
@@ -255,12 +258,13 @@ def _loop(run: _Run, hooks: TrainHooks) -> Dict[str, Any]:
             timer.data_done(t_data)
             sums, fingerprint, local_loss = _forward_backward(run, labels_B, tokens_BL, hooks)
             run.step += 1
+            if run.ema is not None and run.engine.was_step_applied():
+                run.ema.update(run.step)
             good = _record_step(run, sums, fingerprint, local_loss, lr, wd, timer.lap())
             if not good:
                 _guard_bad_step(run)
             if run.val_loader is not None and run.step % cfg.log.val_every == 0:
-                run.metrics.log_val(run.step, evaluate(run.engine, run.vae, run.val_loader, run.patch_nums,
-                                                       run.micro, run.dtype, run.device))
+                _validate(run)
             stop_now = _any_rank(stop.requested, run.device)
             if good and (run.step % cfg.ckpt.every_steps == 0 or stop_now or run.step == run.max_steps):
                 _save(run, stop_now or run.step == run.max_steps, hooks)
@@ -270,6 +274,15 @@ def _loop(run: _Run, hooks: TrainHooks) -> Dict[str, Any]:
         return _finish(run)
     finally:
         stop.restore()
+
+
+def _validate(run: _Run) -> None:
+    """Validation loss of the raw weights and, with EMA on, of the EMA weights (same split, same pass)."""
+    args = (run.engine, run.vae, run.val_loader, run.patch_nums, run.micro, run.dtype, run.device)
+    run.metrics.log_val(run.step, evaluate(*args))
+    if run.ema is not None:
+        with run.ema.swapped_in():
+            run.metrics.log_val(run.step, evaluate(*args), weights="ema")
 
 
 def _forever(loader) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
@@ -370,12 +383,11 @@ def _save(run: _Run, last: bool, hooks: TrainHooks) -> None:
     run.engine.save_checkpoint(str(tmp / ck.DS_DIR), tag=ck.DS_TAG, save_latest=False)
     errors = []
     _attempt(errors, writer.write_rank_files, tmp, ck.capture_rng())
+    if run.ema is not None:
+        _attempt(errors, run.ema.save, tmp, step)
     if cfg.ckpt.export_dtype != "none":
-        sd = gather_official_state_dict(run.engine.module, rank, cfg.ckpt.export_dtype)
-        if rank == 0:
-            _attempt(errors, save_model_file, sd, tmp / "model.safetensors",
-                     {"arch": cfg.model.arch, "step": str(step)})
-        reset_zero3_trace(run.engine)
+        errors += export_weights(run.engine, run.ema, rank, tmp, cfg.ckpt.export_dtype,
+                                 {"arch": cfg.model.arch, "step": str(step)})
     dist.barrier()
     if rank == 0:
         _attempt(errors, writer.write_shared_files, step, _small_files(run))

@@ -117,14 +117,16 @@ class MetricsWriter:
         else:
             print(line, flush=True)
 
-    def log_val(self, step: int, rec: Dict[str, float]) -> None:
+    def log_val(self, step: int, rec: Dict[str, float], weights: str = "raw") -> None:
+        """weights: "raw" (TensorBoard val/...) or "ema" (val_ema/...); each jsonl line says which."""
         if not self.enabled:
             return
-        append_jsonl(self.val_path, {"step": step, **rec})
+        tag = "val" if weights == "raw" else f"val_{weights}"
+        append_jsonl(self.val_path, {"step": step, "weights": weights, **rec})
         for k, v in rec.items():
-            self.tb.add_scalar(f"val/{k}", v, step)
+            self.tb.add_scalar(f"{tag}/{k}", v, step)
         self.tb.flush()
-        print(f"step {step:>7d} | val loss {rec['loss']:.4f} L_tail {rec['L_tail']:.4f} "
+        print(f"step {step:>7d} | {tag} loss {rec['loss']:.4f} L_tail {rec['L_tail']:.4f} "
               f"acc {rec['acc_mean']:.2f}/{rec['acc_tail']:.2f}", flush=True)
 
     def message(self, text: str) -> None:

@@ -53,5 +53,5 @@ def download_universal(store: RemoteRoot, name: str, folder: Path) -> Optional[s
 
 
 def files_for_rank(files: Dict[str, Any], rank: int) -> List[str]:
-    """What a rank loads at the same world size: its own shards and RNG file, and the loader/meta files."""
+    """What a rank loads at the same world size: its own shards, RNG and EMA files, and the loader/meta files."""
     return sorted(r for r in files if mf.file_owner(r) == rank or r in ("meta.json", "loader.json"))
