@@ -45,6 +45,8 @@ def parse(argv):
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--weights", choices=("raw", "ema"), default=None,
+                   help="generator weights: raw (model.safetensors) or ema (model_ema.safetensors); in the protocol")
     p.add_argument("--device", default="cuda" if _has_cuda() else "cpu")
     p.add_argument("--pack-npz", action="store_true", help="also pack each sample folder into an arr_0 .npz")
     p.add_argument("--no-tensorboard", action="store_true")
@@ -104,7 +106,7 @@ def main(argv=None) -> int:
         return 2
     flags = {"inception_weights": a.inception_weights, "reference_npz": a.reference,
              "num_per_class": a.num_per_class, "cfg_scale": a.cfg_scale, "top_k": a.top_k, "top_p": a.top_p,
-             "seed": a.seed, "batch_size": a.batch_size}
+             "seed": a.seed, "batch_size": a.batch_size, "weights": a.weights}
     for name, value in flags.items():
         if value is not None:
             setattr(ev, name, value)

@@ -33,7 +33,7 @@ def cmd_sample(a) -> int:
     plan = SamplePlan(run_cfg.model.num_classes, pick(a.num_per_class, ev.num_per_class),
                       pick(a.batch_size, ev.batch_size), pick(a.seed, ev.seed))
     fn = sampler_for(a.ckpt, pick(a.cfg_scale, ev.cfg_scale), pick(a.top_k, ev.top_k), pick(a.top_p, ev.top_p),
-                     a.more_smooth, device, run_cfg)
+                     a.more_smooth, device, run_cfg, a.weights)
     counts = generate_samples(fn, plan, a.out, rank, world, log=print if rank == 0 else None)
     if world > 1:
         torch.distributed.barrier()
@@ -98,6 +98,8 @@ def main(argv=None) -> int:
                       ("--top-k", int), ("--top-p", float)):
         s.add_argument(flag, type=typ, default=None, help="default: the checkpoint config's eval section")
     s.add_argument("--more-smooth", action="store_true", help="soft Gumbel sampling (visualisation, not FID)")
+    s.add_argument("--weights", choices=("raw", "ema"), default="raw",
+                   help="raw: model.safetensors; ema: model_ema.safetensors (runs trained with ema.enabled)")
     s.add_argument("--npz", action="store_true", help="also pack <out>.npz (arr_0) on rank 0")
     k = sub.add_parser("pack", help="PNG folder -> .npz with arr_0 uint8 (N, H, W, 3)")
     k.add_argument("folder")

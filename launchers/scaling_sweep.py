@@ -36,15 +36,17 @@ def parse(argv):
         if name in ("run", "analyze"):
             s.add_argument("--n-boot", type=int, default=500, help="bootstrap resamples for the power-law fits")
             s.add_argument("--entropy", type=float, default=None, help="token entropy (nats) for reducible loss")
+            s.add_argument("--weights", choices=("raw", "ema"), default="raw",
+                           help="whose evaluation rows fill the table's FID/FD-demo columns: raw or ema weights")
     return p.parse_args(argv)
 
 
-def analyze(sweep, n_boot: int, entropy) -> int:
+def analyze(sweep, n_boot: int, entropy, weights: str = "raw") -> int:
     from mvar_dist.scaling.analyze import write_fits
     from mvar_dist.scaling.plots import plot_all
     from mvar_dist.scaling.results import load_curves, read_table, write_table
 
-    table = write_table(sweep)
+    table = write_table(sweep, weights=weights)
     rows = read_table(table)
     print(f"[sweep] results table: {table} ({len(rows)} rows)")
     fits = write_fits(table, Path(sweep.out_root) / "fits.json", entropy=entropy if entropy is not None else sweep.entropy,
@@ -77,7 +79,7 @@ def main(argv=None) -> int:
             print(format_plan(sweep, plan(sweep)))
             return 0
         if args.cmd == "analyze":
-            return analyze(sweep, args.n_boot, args.entropy)
+            return analyze(sweep, args.n_boot, args.entropy, args.weights)
         train_cmd = shlex.split(args.train_cmd) if args.train_cmd else None
         eval_cmd = shlex.split(args.eval_cmd) if args.eval_cmd else None
         if args.ray:
@@ -94,7 +96,7 @@ def main(argv=None) -> int:
           + (f", submitted {len(report.submitted)}" if report.submitted else "")
           + (f", changed {len(report.changed)}" if report.changed else ""))
     if not args.no_analyze and not (args.ray and not args.wait):
-        analyze(sweep, args.n_boot, args.entropy)
+        analyze(sweep, args.n_boot, args.entropy, args.weights)
     return 0 if report.ok else 1
 
 

@@ -249,6 +249,7 @@ class EvalConfig:
     batch_size: int = 32            # sampling batch per rank
     inception_weights: str = ""     # pytorch-fid pt_inception-2015-12-05-6726825d.pth; "" = FID skipped
     reference_npz: str = ""         # VIRTUAL_imagenet256_labeled.npz (mu/sigma); "" = FID skipped
+    weights: str = "raw"            # generator weights to sample: "raw" (model.safetensors) or "ema" (model_ema.safetensors)
 
     def validate(self) -> None:
         _positive("eval.num_per_class", self.num_per_class)
@@ -256,6 +257,7 @@ class EvalConfig:
             raise ConfigError("eval.top_p", f"must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ConfigError("eval.top_k", "must be >= 0 (0 = off)")
+        _one_of("eval.weights", self.weights, ("raw", "ema"))
 
 
 @dataclass

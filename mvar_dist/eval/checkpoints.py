@@ -13,24 +13,27 @@ from typing import Optional
 
 from mvar_dist.fsio import atomic_path, open_fs
 from mvar_dist.runs import manifest as mf
-from mvar_dist.runs.generator import READ_FILES, load_generator
+from mvar_dist.runs.generator import READ_FILES, load_generator, read_files
 from mvar_dist.runs.layout import CheckpointRef
 
 MARKER = mf.MARKER
 STAGED_FILES = READ_FILES + (MARKER,)
 
 
-def stage(ckpt: CheckpointRef, cache_dir) -> Path:
-    """A local folder holding the files the sampler needs (the folder itself when it is already local)."""
+def stage(ckpt: CheckpointRef, cache_dir, weights: str = "raw") -> Path:
+    """A local folder holding the files the sampler needs (the folder itself when it is already local).
+
+    weights: "raw" or "ema", which consolidated model file is fetched (runs/generator.py)."""
     if not ckpt.is_remote:
         return Path(ckpt.uri)
-    dst = Path(cache_dir) / ckpt.id
-    if all((dst / f).exists() for f in STAGED_FILES):
+    dst = Path(cache_dir) / ckpt.id  # one folder per checkpoint: staging the other weights replaces it
+    files = read_files(weights) + (MARKER,)
+    if all((dst / f).exists() for f in files):
         return dst
     fs, base = open_fs(ckpt.uri)
     with atomic_path(dst, mkdir=True) as tmp:
         tmp.mkdir(exist_ok=True)  # a leftover of a dead process with this pid is overwritten
-        for name in STAGED_FILES:
+        for name in files:
             fs.get(f"{base}/{name}", str(tmp / name))
     return dst
 
@@ -49,10 +52,11 @@ def drop_staged(ckpt: CheckpointRef, cache_dir) -> None:
 
 
 def sampler_for(folder, cfg_scale: float, top_k: int, top_p: float, more_smooth: bool = False, device="cpu",
-                run_cfg=None):
-    """The default "images for a checkpoint" step: a SampleFn backed by the checkpoint's model."""
+                run_cfg=None, weights: str = "raw"):
+    """The default "images for a checkpoint" step: a SampleFn backed by the checkpoint's model
+    (weights "raw" = model.safetensors, "ema" = model_ema.safetensors)."""
     from .sampling import model_sample_fn
 
-    _, model, vae = load_generator(folder, device, run_cfg)
+    _, model, vae = load_generator(folder, device, run_cfg, weights)
     return model_sample_fn(model, vae, cfg_scale=cfg_scale, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
 

@@ -156,13 +156,13 @@ def fd_demo(model: DemoClassifier, fake_B3HW: torch.Tensor, real_B3HW: torch.Ten
 
 
 def judge_checkpoint(ckpt_folder: Path, model: DemoClassifier, per_class: int = 10, seed: int = 0,
-                     real_per_class: int = 20) -> Dict[str, Any]:
+                     real_per_class: int = 20, weights: str = "raw") -> Dict[str, Any]:
     """Sample `per_class` images of every class from a checkpoint (its `eval` sampling settings) and
     report the class consistency (overall and per class) and FD-demo against real images."""
     from mvar_dist.eval.preview import sample_images
     from mvar_dist.runs.generator import load_generator
 
-    cfg, generator, vae = load_generator(ckpt_folder)
+    cfg, generator, vae = load_generator(ckpt_folder, weights=weights)
     if cfg.model.num_classes != NUM_CLASSES:
         raise ValueError(f"{ckpt_folder}: the model has {cfg.model.num_classes} classes, the demo judge knows "
                          f"{NUM_CLASSES}")

@@ -21,7 +21,7 @@ from typing import Dict, List
 from mvar_dist.eval.results import KeyedCsvTable, best_per_checkpoint
 
 TABLE_NAME = "fd_demo.csv"
-COLUMNS = ["checkpoint_id", "protocol_hash", "fd_demo", "class_consistency", "num_samples", "judge"]
+COLUMNS = ["checkpoint_id", "protocol_hash", "fd_demo", "class_consistency", "num_samples", "judge", "weights"]
 DEFAULT_JUDGE = "outputs/demo/judge/classifier.safetensors"  # where `make demo` leaves its judge
 
 
@@ -30,21 +30,25 @@ class FdDemoTable(KeyedCsvTable):
         super().__init__(Path(eval_dir) / TABLE_NAME, COLUMNS, kind="FD-demo results")
 
 
-def read_fd_demo(eval_dir: Path) -> Dict[str, Dict[str, str]]:
-    """checkpoint id -> its FD-demo row (the most samples wins when several protocols exist)."""
+def read_fd_demo(eval_dir: Path, weights: str = "raw") -> Dict[str, Dict[str, str]]:
+    """checkpoint id -> its FD-demo row of those weights (the most samples wins when several protocols exist)."""
     table = FdDemoTable(eval_dir)
-    return best_per_checkpoint(table.rows()) if table.path.is_file() else {}
+    return best_per_checkpoint(table.rows(), weights) if table.path.is_file() else {}
 
 
-def protocol_hash(judge_sha: str, per_class: int, seed: int, sampling: Dict) -> str:
-    blob = json.dumps({"judge": judge_sha, "per_class": per_class, "seed": seed, "sampling": sampling},
-                      sort_keys=True)
+def protocol_hash(judge_sha: str, per_class: int, seed: int, sampling: Dict, weights: str = "raw") -> str:
+    fields = {"judge": judge_sha, "per_class": per_class, "seed": seed, "sampling": sampling}
+    if weights != "raw":  # raw hashes as before the option existed, so existing rows stay valid
+        fields["weights"] = weights
+    blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def evaluate_run(run_dir: Path, eval_dir: Path, judge_path: Path, per_class: int = 10, seed: int = 0,
-                 log=print) -> List[Dict[str, object]]:
-    """FD-demo rows for the run's complete checkpoints that the table lacks; returns the new rows."""
+                 log=print, weights: str = "raw") -> List[Dict[str, object]]:
+    """FD-demo rows for the run's complete checkpoints that the table lacks; returns the new rows.
+
+    weights: "raw" or "ema" (the consolidated file sampled; part of the protocol hash)."""
     from mvar_dist.config import load_config
     from mvar_dist.eval.demo_judge import judge_checkpoint, load_or_train
     from mvar_dist.fsio import sha256_file
@@ -58,15 +62,15 @@ def evaluate_run(run_dir: Path, eval_dir: Path, judge_path: Path, per_class: int
     for ckpt in list_checkpoints(Path(ckpt_root(run_dir))):
         ev = load_config(ckpt / "config.yaml").eval
         sampling = {"cfg_scale": ev.cfg_scale, "top_k": ev.top_k, "top_p": ev.top_p}
-        key = (checkpoint_id(run_dir.name, step_of(ckpt)), protocol_hash(judge_sha, per_class, seed, sampling))
+        key = (checkpoint_id(run_dir.name, step_of(ckpt)), protocol_hash(judge_sha, per_class, seed, sampling, weights))
         if table.has(*key):
             continue
-        verdict = judge_checkpoint(ckpt, judge, per_class=per_class, seed=seed)
+        verdict = judge_checkpoint(ckpt, judge, per_class=per_class, seed=seed, weights=weights)
         row = {"checkpoint_id": key[0], "protocol_hash": key[1], "fd_demo": f"{verdict['fd_demo']:.6g}",
                "class_consistency": f"{verdict['consistency']:.4f}", "num_samples": verdict["num_samples"],
-               "judge": judge_sha}
+               "judge": judge_sha, "weights": weights}
         table.upsert(row)
-        log(f"[fd-demo] {key[0]}: FD-demo {verdict['fd_demo']:.3f}, class consistency {verdict['consistency']:.0%}")
+        log(f"[fd-demo] {key[0]} ({weights}): FD-demo {verdict['fd_demo']:.3f}, class consistency {verdict['consistency']:.0%}")
         new.append(row)
     return new
 
@@ -78,6 +82,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"demo classifier file; trained and saved there when absent (default {DEFAULT_JUDGE})")
     p.add_argument("--per-class", type=int, default=10, help="samples per class (default 10)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", choices=("raw", "ema"), default="raw",
+                   help="raw: model.safetensors; ema: model_ema.safetensors (runs trained with ema.enabled)")
 
 
 def main(a: argparse.Namespace) -> int:
@@ -94,5 +100,5 @@ def main(a: argparse.Namespace) -> int:
     if a.per_class <= 0:
         print("error: --per-class must be positive", file=sys.stderr)
         return 2
-    evaluate_run(run_dir, Path(a.eval_dir), Path(a.judge), a.per_class, a.seed)
+    evaluate_run(run_dir, Path(a.eval_dir), Path(a.judge), a.per_class, a.seed, weights=a.weights)
     return 0

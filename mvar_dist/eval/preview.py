@@ -22,10 +22,10 @@ def sample_images(cfg, model, vae, labels_B: torch.Tensor, seed: int) -> torch.T
     return img_B3HW.clamp(0, 1)
 
 
-def sample_grid(ckpt_folder: Path, out_png: Path, per_class: int = 2, seed: int = 0) -> Path:
+def sample_grid(ckpt_folder: Path, out_png: Path, per_class: int = 2, seed: int = 0, weights: str = "raw") -> Path:
     from PIL import Image
 
-    cfg, model, vae = load_generator(ckpt_folder)  # checked: refuses a checkpoint of another tokenizer
+    cfg, model, vae = load_generator(ckpt_folder, weights=weights)  # checked: refuses a checkpoint of another tokenizer
     n_cls = cfg.model.num_classes
     labels_B = torch.arange(n_cls).repeat_interleave(per_class)
     img_B3HW = sample_images(cfg, model, vae, labels_B, seed)

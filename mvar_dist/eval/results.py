@@ -37,6 +37,7 @@ class Protocol:
     reference_sha256: str = ""      # sha256 of the reference .npz ("" = no reference: FID skipped)
     inception_sha256: str = ""      # sha256 of the Inception weights file ("" = none: FID skipped)
     metrics_version: str = METRICS_VERSION
+    weights: str = "raw"            # generator weights sampled: "raw" (model.safetensors) or "ema" (model_ema.safetensors)
 
     @property
     def num_samples(self) -> int:
@@ -47,7 +48,10 @@ class Protocol:
         return bool(self.reference_sha256 and self.inception_sha256)
 
     def hash(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        fields_ = asdict(self)
+        if fields_["weights"] == "raw":  # hashed as before the field existed: raw rows already in tables stay valid
+            del fields_["weights"]
+        blob = json.dumps(fields_, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def row_fields(self) -> Dict[str, object]:
@@ -119,9 +123,11 @@ class KeyedCsvTable:
                 w.writerows(rows)
 
 
-def best_per_checkpoint(rows) -> Dict[str, Dict[str, str]]:
-    """checkpoint id -> its row with the most samples (ties: the smallest protocol hash)."""
+def best_per_checkpoint(rows, weights: str = "raw") -> Dict[str, Dict[str, str]]:
+    """checkpoint id -> its row with the most samples (ties: the smallest protocol hash), among the rows of
+    one weights kind ("raw" or "ema"; rows written before the column existed are raw)."""
     best: Dict[str, Dict[str, str]] = {}
+    rows = [r for r in rows if (r.get("weights") or "raw") == weights]
     for row in sorted(rows, key=lambda r: (-int(r.get("num_samples") or 0), r.get("protocol_hash", ""))):
         best.setdefault(row["checkpoint_id"], row)
     return best

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from mvar_dist.fsio import sha256_file, write_json_atomic
-from mvar_dist.runs.generator import load_run_config
+from mvar_dist.runs.generator import load_run_config, weights_file
 from mvar_dist.runs.layout import CheckpointRef, find_checkpoints
 
 from .checkpoints import drop_staged, sampler_for, stage, verify
@@ -52,18 +52,20 @@ class ServiceOptions:
     tensorboard: bool = True
     poll_s: float = 60.0
     verify: str = "hash"                # check the files read against the marker: "hash" (sha256) or "size"
+    weights: str = "raw"                # "raw" (model.safetensors) or "ema" (model_ema.safetensors); in the protocol
     log: Callable[[str], None] = field(default=print, repr=False)
 
     @classmethod
     def from_eval_config(cls, ev, roots: List[str], work_dir: str, **kw) -> "ServiceOptions":
         """From an EvalConfig section (num_per_class, cfg_scale, top_k, top_p, seed, batch_size, weights, reference)."""
         names = ("num_per_class", "cfg_scale", "top_k", "top_p", "seed", "batch_size", "inception_weights",
-                 "reference_npz")
+                 "reference_npz", "weights")
         return cls(roots=roots, work_dir=work_dir, **{n: getattr(ev, n) for n in names}, **kw)
 
 
 def default_sampler_factory(folder: Path, opts: ServiceOptions, run_cfg) -> SampleFn:
-    return sampler_for(folder, opts.cfg_scale, opts.top_k, opts.top_p, opts.more_smooth, opts.device, run_cfg)
+    return sampler_for(folder, opts.cfg_scale, opts.top_k, opts.top_p, opts.more_smooth, opts.device, run_cfg,
+                       opts.weights)
 
 
 class EvalService:
@@ -78,6 +80,10 @@ class EvalService:
         if self.evaluator.status() != "ok":
             opts.log(f"[eval] {self.evaluator.status()}")
 
+    @property
+    def model_file(self) -> str:
+        return weights_file(self.opts.weights)
+
     # ------------------------------------------------------------------ protocol
     def protocol(self, run_cfg) -> Protocol:
         o = self.opts
@@ -85,7 +91,7 @@ class EvalService:
                         top_k=o.top_k, top_p=o.top_p, more_smooth=o.more_smooth, seed=o.seed,
                         resolution=run_cfg.tokenizer.resolution,
                         reference_sha256=self.evaluator.reference_sha256,
-                        inception_sha256=self.evaluator.inception_sha256)
+                        inception_sha256=self.evaluator.inception_sha256, weights=o.weights)
 
     def sample_dir(self, ckpt: CheckpointRef, proto: Protocol) -> Path:
         # keyed without the metric hashes: samples are reused when weights/reference are added later
@@ -103,17 +109,17 @@ class EvalService:
         """Evaluate every complete checkpoint not yet in the table; returns the new rows."""
         new_rows = []
         for ckpt in self.pending():
-            folder = stage(ckpt, self.work / "staged")
+            folder = stage(ckpt, self.work / "staged", self.opts.weights)
             # The small files by hash and the model by size first: finished rows then cost no model hash.
             problem = verify(folder, self.opts.verify, ("config.yaml", "meta.json")) or \
-                verify(folder, "size", ("model.safetensors",))
+                verify(folder, "size", (self.model_file,))
             if self.damage(ckpt, problem, final=False):
                 continue
             run_cfg = load_run_config(folder)
             proto = self.protocol(run_cfg)
             if self.table.has(ckpt.id, proto.hash()):
                 continue
-            if not self.damage(ckpt, verify(folder, self.opts.verify, ("model.safetensors",)), final=True):
+            if not self.damage(ckpt, verify(folder, self.opts.verify, (self.model_file,)), final=True):
                 new_rows.append(self.evaluate(ckpt, folder, run_cfg, proto))
         return new_rows
 
@@ -147,7 +153,7 @@ class EvalService:
         if o.pack_npz:
             pack_folder(out_dir, out_dir.with_suffix(".npz"), expected=plan.num_samples)
         metrics = self.evaluator.evaluate(out_dir)
-        weights = folder / "model.safetensors"
+        weights = folder / self.model_file
         row = {"checkpoint_id": ckpt.id, "protocol_hash": proto.hash(), "run": ckpt.run, "step": ckpt.step,
                **metrics, **proto.row_fields(),
                "model_sha256": sha256_file(weights) if weights.is_file() else "",
@@ -161,10 +167,12 @@ class EvalService:
 
     # ------------------------------------------------------------------ TensorBoard
     def tb_dir(self, ckpt: CheckpointRef) -> Path:
-        """`<run>/tb/eval` for local runs (beside the trainer's curves); a local mirror for remote ones."""
+        """`<run>/tb/eval` (`eval_ema` for EMA weights) for local runs, beside the trainer's curves; a local
+        mirror for remote ones."""
+        name = "eval" if self.opts.weights == "raw" else f"eval_{self.opts.weights}"
         if ckpt.is_remote:
-            return self.work / "tb" / ckpt.run / "eval"
-        return Path(ckpt.run_uri) / "tb" / "eval"
+            return self.work / "tb" / ckpt.run / name
+        return Path(ckpt.run_uri) / "tb" / name
 
     def write_tensorboard(self, ckpt: CheckpointRef, row: Dict[str, object], sample_dir: Path) -> None:
         from torch.utils.tensorboard import SummaryWriter

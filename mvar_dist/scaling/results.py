@@ -26,7 +26,7 @@ EVAL_DIR = "eval"
 BASE_COLUMNS = ["sweep", "run_id", "arch", "depth", "width", "budget", "seed", "checkpoint", "step", "is_final",
                 "status", "params_total", "params_non_embedding", "flops_per_image", "images_seen", "tokens_seen",
                 "train_flops", "loss", "L_mean", "L_tail", "err_mean", "err_tail"]
-TAIL_COLUMNS = ["fid", "inception_score", "eval_protocol", "fd_demo", "class_consistency", "wall_time"]
+TAIL_COLUMNS = ["fid", "inception_score", "eval_protocol", "fd_demo", "class_consistency", "eval_weights", "wall_time"]
 
 
 def read_jsonl(path: Path) -> List[Dict[str, Any]]:
@@ -57,15 +57,16 @@ def read_summary(run_dir: Path) -> Optional[Dict[str, Any]]:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-def read_eval(out_root: Path) -> Dict[str, Dict[str, str]]:
-    """checkpoint id -> the evaluation row with the most samples (ties: smallest protocol hash)."""
+def read_eval(out_root: Path, weights: str = "raw") -> Dict[str, Dict[str, str]]:
+    """checkpoint id -> the evaluation row of those weights ("raw"/"ema") with the most samples (ties: smallest
+    protocol hash)."""
     from mvar_dist.eval.results import best_per_checkpoint
 
     p = Path(out_root) / EVAL_DIR / "eval_results.csv"
     if not p.is_file():
         return {}
     with open(p, newline="") as f:
-        return best_per_checkpoint(r for r in csv.DictReader(f) if r.get("fid") or r.get("inception_score"))
+        return best_per_checkpoint((r for r in csv.DictReader(f) if r.get("fid") or r.get("inception_score")), weights)
 
 
 def _err(acc) -> Optional[float]:
@@ -79,7 +80,7 @@ def _at_or_before(records: Dict[int, Dict[str, Any]], step: int) -> Dict[str, An
 
 
 def run_rows(sweep, spec, evals: Dict[str, Dict[str, str]],
-             fd_rows: Optional[Dict[str, Dict[str, str]]] = None) -> List[Dict[str, Any]]:
+             fd_rows: Optional[Dict[str, Dict[str, str]]] = None, weights: str = "raw") -> List[Dict[str, Any]]:
     run_dir = Path(spec.run_dir)
     if not run_dir.is_dir():
         return []
@@ -111,7 +112,8 @@ def run_rows(sweep, spec, evals: Dict[str, Dict[str, str]],
                "err_mean": _err(rec.get("acc_mean")), "err_tail": _err(rec.get("acc_tail")),
                "fid": _num(ev.get("fid")), "inception_score": _num(ev.get("inception_score")),
                "eval_protocol": ev.get("protocol_hash", ""), "fd_demo": _num(fd.get("fd_demo")),
-               "class_consistency": _num(fd.get("class_consistency")), "wall_time": rec.get("wall_time")}
+               "class_consistency": _num(fd.get("class_consistency")), "eval_weights": weights,
+               "wall_time": rec.get("wall_time")}
         for k, v in rec.items():
             if k.startswith("loss_scale_"):
                 row[k] = v
@@ -123,15 +125,17 @@ def _num(v) -> Optional[float]:
     return float(v) if v not in (None, "") else None
 
 
-def build_table(sweep) -> List[Dict[str, Any]]:
-    """Rows for every run of the sweep that has a complete checkpoint or a summary, in sweep order."""
+def build_table(sweep, weights: str = "raw") -> List[Dict[str, Any]]:
+    """Rows for every run of the sweep that has a complete checkpoint or a summary, in sweep order.
+
+    weights: whose evaluation rows fill fid/inception_score/fd_demo: "raw" or "ema" (model_ema.safetensors)."""
     from mvar_dist.eval.fd_demo import read_fd_demo
 
-    evals = read_eval(Path(sweep.out_root))
-    fd_rows = read_fd_demo(Path(sweep.out_root) / EVAL_DIR)
+    evals = read_eval(Path(sweep.out_root), weights)
+    fd_rows = read_fd_demo(Path(sweep.out_root) / EVAL_DIR, weights)
     rows = []
     for spec in sweep.runs():
-        rows += run_rows(sweep, spec, evals, fd_rows)
+        rows += run_rows(sweep, spec, evals, fd_rows, weights)
     return rows
 
 
@@ -160,11 +164,11 @@ def table_csv(rows: List[Dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def write_table(sweep, path: Optional[Path] = None) -> Path:
+def write_table(sweep, path: Optional[Path] = None, weights: str = "raw") -> Path:
     """Rebuild `<out_root>/results.csv` from the runs' outputs (atomic replace)."""
     path = Path(path or Path(sweep.out_root) / TABLE_NAME)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, table_csv(build_table(sweep)))
+    write_text_atomic(path, table_csv(build_table(sweep, weights)))
     return path
 
 
