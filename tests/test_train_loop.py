@@ -26,7 +26,8 @@ LAUNCHER = REPO / "launchers" / "train.py"
 NAN_STEPS_LAUNCHER = REPO / "tests" / "train_with_nan_steps.py"  # the launcher with a NaN-loss hook
 MAX_STEPS = 12
 COMMON = ["--config", "mvar_tiny", f"optim.max_steps={MAX_STEPS}", "optim.tblr=0.05", "ckpt.every_steps=4",
-          "ckpt.keep_last=2", "data.val_fraction=0.3", "log.val_every=4"]
+          "ckpt.keep_last=2", "data.val_fraction=0.3", "log.val_every=4", "ema.enabled=true", "ema.decay=0.9",
+          "ema.start_step=2"]
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +58,19 @@ def _jsonl(path: Path) -> list:
 
 def _losses(out: Path, rank: int = 0) -> dict:
     return {r["step"]: r for r in _jsonl(out / "ranks" / f"rank{rank}.jsonl")}
+
+
+def _ema(step_folder: Path) -> dict:
+    """The fp32 EMA of a step folder, put together from its rank files."""
+    from mvar_dist.train.ema import read_full
+
+    return read_full(step_folder)
+
+
+def _assert_same_weights(got: dict, want: dict, rtol: float, atol: float) -> None:
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=rtol, atol=atol, msg=k)
 
 
 def _make_token_shards(root: Path) -> Path:
@@ -127,7 +141,9 @@ def test_loss_decreases_and_ranks_agree(reference):
         assert key in rec, key
     assert rec["tokens_seen"] == rec["images_seen"] * 30
     val = _jsonl(reference / "val_metrics.jsonl")
-    assert [v["step"] for v in val] == [4, 8, 12] and all(np.isfinite(v["loss"]) for v in val)
+    for weights in ("raw", "ema"):  # both curves, at the same steps
+        rows = [v for v in val if v["weights"] == weights]
+        assert [v["step"] for v in rows] == [4, 8, 12] and all(np.isfinite(v["loss"]) for v in rows)
 
 
 def test_retention_marker_and_export(reference):
@@ -149,6 +165,16 @@ def test_retention_marker_and_export(reference):
 
     png = sample_grid(root / "step_00000012", reference / "samples.png", per_class=1)
     assert Image.open(png).size == (64, 10 * 64)  # one row per class
+    # The EMA: every rank's partition file in the marker, and a consolidated export that loads and samples.
+    files = json.loads((root / "step_00000012" / ck.MARKER).read_text())["files"]
+    assert {files[f"ema/rank_{r:05d}.safetensors"]["rank"] for r in (0, 1)} == {0, 1}
+    from safetensors.torch import load_file
+
+    raw, ema = (load_file(str(root / "step_00000012" / f)) for f in ("model.safetensors", "model_ema.safetensors"))
+    assert raw.keys() == ema.keys() and any(not torch.equal(raw[k], ema[k]) for k in raw)
+    assert all(torch.isfinite(t).all() for t in _ema(root / "step_00000012").values())
+    png = sample_grid(root / "step_00000012", reference / "samples_ema.png", per_class=1, weights="ema")
+    assert Image.open(png).size == (64, 10 * 64)
 
 
 def test_tensorboard_scalars(reference):
@@ -160,7 +186,7 @@ def test_tensorboard_scalars(reference):
     want = {"train/loss", "train/L_mean", "train/L_tail", "train/acc_mean", "train/acc_tail", "train/lr", "train/wd",
             "train/grad_norm", "scale/loss_scale_0", "scale/loss_scale_3", "perf/images_per_s", "perf/tokens_per_s",
             "perf/step_time", "perf/data_time", "perf/compute_time", "perf/peak_mem_gb", "perf/amp_scale",
-            "val/loss", "val/L_tail"}
+            "val/loss", "val/L_tail", "val_ema/loss", "val_ema/L_tail"}
     assert want <= tags, want - tags
     assert [e.step for e in ea.Scalars("train/loss")] == list(range(1, MAX_STEPS + 1))
 
@@ -196,6 +222,9 @@ def test_sigterm_then_resume_auto_matches_uninterrupted(reference, shards, tmp_p
         assert got[s]["loss"] == pytest.approx(ref[s]["loss"], abs=1e-6), s
         assert got[s]["fingerprint"] == ref[s]["fingerprint"]
     assert [r["step"] for r in _jsonl(metrics)] == list(range(1, MAX_STEPS + 1))
+    assert f"EMA restored from {latest}" in p.stdout
+    final = "checkpoints/step_00000012"
+    _assert_same_weights(_ema(out / final), _ema(reference / final), rtol=1e-6, atol=1e-8)
 
 
 def test_resume_on_one_rank_from_two_rank_checkpoint(reference, shards, tmp_path):
@@ -220,6 +249,11 @@ def test_resume_on_one_rank_from_two_rank_checkpoint(reference, shards, tmp_path
         assert got[s]["fingerprint"] == ref[s]["fingerprint"], s  # same samples in the same global batches
         assert got[s]["loss"] == pytest.approx(ref[s]["loss"], abs=1e-5), s
     assert ck.read_meta(ck.latest_checkpoint(out / "checkpoints"))["world_size"] == 1
+    # The EMA followed the universal conversion: the 2 rank files were re-cut for 1 rank, then updated
+    # with steps whose gradients differ from the 2-rank run's only by summation order.
+    assert "EMA restored from" in p.stdout
+    final = "checkpoints/step_00000012"
+    _assert_same_weights(_ema(out / final), _ema(reference / final), rtol=1e-4, atol=1e-5)
 
 
 def test_nan_guard_skips_then_stops_bf16(shards, tmp_path):

@@ -210,6 +210,25 @@ def start(cfg, engine, rank: int, folder: Optional[Path], message: Callable[[str
     return ema
 
 
+def read_full(folder: Path) -> Dict[str, torch.Tensor]:
+    """The whole fp32 EMA of a step folder (module parameter names), from its rank files, in one process.
+
+    For inspection and tests; sampling uses the consolidated model_ema.safetensors instead. Elements no
+    file holds stay NaN."""
+    from safetensors import safe_open
+
+    flats: Dict[str, torch.Tensor] = {}
+    shapes: Dict[str, List[int]] = {}
+    for path in sorted((Path(folder) / EMA_DIR).glob("rank_*.safetensors")):
+        with safe_open(str(path), framework="pt") as fh:
+            for name, (start, shape) in json.loads((fh.metadata() or {})["spans"]).items():
+                shapes[name] = shape
+                flat = flats.setdefault(name, torch.full((torch.Size(shape).numel(),), float("nan")))
+                piece = fh.get_tensor(name)
+                flat[start:start + piece.numel()] = piece
+    return {n: t.view(shapes[n]) for n, t in flats.items()}
+
+
 def ema_bytes_per_rank(num_params: int, world_size: int) -> int:
     """Memory of the EMA on one rank: fp32 of its 1/world share (padding ignored)."""
     return 4 * -(-num_params // world_size)
