@@ -93,6 +93,9 @@ def test_s3_failed_upload_leaves_no_marker_and_resume_continues(reference, moto_
     p = run_train(2, ["--resume", "auto", *args])
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert f"resumed from {root}/step_00000008 (step 8)" in p.stdout
+    assert "EMA restored from" in p.stdout  # each rank downloaded its own EMA file with its shards
+    assert store.problem("step_00000012", "hash") is None and \
+        {f"ema/rank_0000{r}.safetensors" for r in (0, 1)} <= set(store.sizes("step_00000012"))
     ref, got = _losses(ref_out), _losses(out)
     assert sorted(got) == list(range(1, MAX_STEPS + 1))
     for s in got:  # 1-8 from the first run, 9-12 resumed: both as the local uninterrupted run
@@ -125,6 +128,7 @@ def test_s3_checkpoint_resumed_on_one_rank(reference, moto_s3, tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert f"converting {root}/step_00000008 to the universal format" in p.stdout
     assert "universal conversion from world size 2" in p.stdout and "x accum 2" in p.stdout
+    assert "EMA restored from" in p.stdout  # from both ranks' EMA files, re-cut for one rank
     assert store.fs.exists(f"{store.base}/step_00000008/ds/universal/{ck.MARKER}")  # cached for later resumes
     assert store.problem("step_00000008", "hash") is None  # the marker still verifies the folder
     ref, got = _losses(ref_out), _losses(one)
