@@ -37,6 +37,17 @@ def test_zero3_model_state_shards_scale_one_over_n(d30):
     assert bytes_per_param == pytest.approx(2 + 2 + 4 + 8)  # bf16 params/grads, fp32 master, Adam m and v
 
 
+def test_ema_adds_four_bytes_per_param_over_n(d30):
+    cfg, s = d30
+    for n in (1, 16):
+        assert model_state_bytes(s, n, ema=True)["ema_fp32"] == pytest.approx(4 * s.num_params / n, abs=4)
+    assert "ema_fp32" not in model_state_bytes(s, 16)
+    on = load_config("mvar_d30", ["ema.enabled=true"])
+    plain, with_ema = _plan(cfg, s, gpus=16, gpu_mem_gib=80), _plan(on, s, gpus=16, gpu_mem_gib=80)
+    assert with_ema.total_gib - plain.total_gib == pytest.approx(with_ema.per_rank_gib["ema_fp32"], rel=1e-6)
+    assert with_ema.max_micro_batch <= plain.max_micro_batch
+
+
 def test_activation_checkpointing_reduces_activations(d30):
     _, s = d30
     tiny = shapes_of(build_meta_model(load_config("var_tiny")))

@@ -59,7 +59,8 @@ def plan_from_args(a: argparse.Namespace) -> MemoryPlan:
 
 _LABELS = {
     "params": "params (bf16, 1/N)", "grads": "grads (bf16, 1/N)", "master_fp32": "fp32 master weights (1/N)",
-    "adam_states": "AdamW exp_avg + exp_avg_sq (fp32, 1/N)", "gathered_params": "ZeRO-3 gathered params + prefetch",
+    "adam_states": "AdamW exp_avg + exp_avg_sq (fp32, 1/N)", "ema_fp32": "EMA of the weights (fp32, 1/N)",
+    "gathered_params": "ZeRO-3 gathered params + prefetch",
     "grad_buckets": "ZeRO-3 gradient buffers", "tokenizer": "VQVAE tokenizer (fp32, whole)",
     "activations_saved": "activations saved (x micro batch)",
     "backward_peak_extra": "backward peak: logits / recompute (x micro)", "reserve": "CUDA context + NCCL reserve",

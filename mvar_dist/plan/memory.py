@@ -3,7 +3,8 @@
 Per rank (N = number of GPUs, P = parameters, bf16 training):
   * model state, sharded 1/N by ZeRO-3: bf16 params (2P), bf16 grads (2P), fp32 master weights (4P),
     AdamW exp_avg and exp_avg_sq (4P + 4P); parameters smaller than the persistence threshold stay whole
-    on every rank (counted whole, in every state);
+    on every rank (counted whole, in every state); with ema.enabled an fp32 EMA of the rank's
+    partition (4P/N: every parameter, persistent ones included, is partitioned for it, train/ema.py);
   * ZeRO-3 buffers: the gathered parameters of the largest module plus the prefetch bucket, the
     gathered gradient of the largest module and the reduce bucket (all in the training dtype);
   * activations: `activations.activation_model` (per image, x micro batch), including the B x L x V
@@ -58,14 +59,16 @@ class PlanSettings:
             raise PlanError(f"--headroom must be in [0, 1), got {self.headroom}")
 
 
-def model_state_bytes(s: ModelShapes, world: int, precision: str = "bf16") -> Dict[str, float]:
-    """Per-rank bytes of params, grads, fp32 master weights and AdamW states under ZeRO-3."""
+def model_state_bytes(s: ModelShapes, world: int, precision: str = "bf16", ema: bool = False) -> Dict[str, float]:
+    """Per-rank bytes of params, grads, fp32 master weights and AdamW states under ZeRO-3 (+ the EMA)."""
     sharded = s.num_params - s.persistent_params
     per_rank = sharded / world + s.persistent_params
     a = DTYPE_BYTES[precision]
     out = {"params": a * per_rank, "grads": a * per_rank}
     out["master_fp32"] = 0.0 if precision == "fp32" else 4 * per_rank
     out["adam_states"] = 8 * per_rank
+    if ema:
+        out["ema_fp32"] = 4 * math.ceil(s.num_params / world)
     return out
 
 
@@ -111,16 +114,16 @@ def _usable_bytes(st: PlanSettings) -> float:
     return st.gpu_mem_gib * GIB * (1 - st.headroom) - st.reserve_gib * GIB
 
 
-def static_bytes(s: ModelShapes, world: int, precision: str) -> float:
+def static_bytes(s: ModelShapes, world: int, precision: str, ema: bool = False) -> float:
     """Everything but activations: model state, ZeRO-3 buffers, the frozen fp32 tokenizer."""
-    return (sum(model_state_bytes(s, world, precision).values()) + sum(zero3_buffer_bytes(s, precision, world).values())
+    return (sum(model_state_bytes(s, world, precision, ema).values()) + sum(zero3_buffer_bytes(s, precision, world).values())
             + 4 * s.tokenizer_params)
 
 
-def max_micro_batch(s: ModelShapes, st: PlanSettings, checkpointing: bool, precision: str) -> int:
+def max_micro_batch(s: ModelShapes, st: PlanSettings, checkpointing: bool, precision: str, ema: bool = False) -> int:
     """Largest micro batch whose peak fits the usable memory (0 if not even one image)."""
     per_image = activation_model(s, DTYPE_BYTES[precision], st.impl, checkpointing).peak
-    free = _usable_bytes(st) - static_bytes(s, st.gpus, precision)
+    free = _usable_bytes(st) - static_bytes(s, st.gpus, precision, ema)
     return max(0, int(free // per_image))
 
 
@@ -128,15 +131,16 @@ def _largest_divisor_at_most(n: int, cap: int) -> int:
     return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
 
 
-def _needed(s: ModelShapes, st: PlanSettings, precision: str, micro: int, checkpointing: bool) -> str:
+def _needed(s: ModelShapes, st: PlanSettings, precision: str, micro: int, checkpointing: bool,
+            ema: bool = False) -> str:
     """What would make `micro` images per rank fit: the GPU memory at this GPU count, and the GPU count
     at this memory (ZeRO-3 shards only the model state; activations and buffers do not shrink)."""
     per_image = activation_model(s, DTYPE_BYTES[precision], st.impl, checkpointing).peak
-    need = static_bytes(s, st.gpus, precision) + micro * per_image
+    need = static_bytes(s, st.gpus, precision, ema) + micro * per_image
     mem = (need + st.reserve_gib * GIB) / (1 - st.headroom) / GIB
     parts = [f"at {st.gpus} GPUs each needs >= {mem:.1f} GiB"]
-    whole = sum(model_state_bytes(s, 1, precision).values())
-    persistent = sum(model_state_bytes(s, 10 ** 12, precision).values())
+    whole = sum(model_state_bytes(s, 1, precision, ema).values())
+    persistent = sum(model_state_bytes(s, 10 ** 12, precision, ema).values())
     unsharded = (persistent + sum(zero3_buffer_bytes(s, precision, 2).values()) + 4 * s.tokenizer_params
                  + micro * per_image)
     room = _usable_bytes(st) - unsharded
@@ -163,7 +167,8 @@ def make_plan(run_cfg, s: ModelShapes, st: PlanSettings, train_flops_per_image: 
                         f"global batch fixed, so use a GPU count dividing {global_batch} "
                         f"(or override optim.global_batch)")
     per_rank = global_batch // N
-    fits = {ck: max_micro_batch(s, st, ck, precision) for ck in (False, True)}
+    ema = bool(run_cfg.ema.enabled)
+    fits = {ck: max_micro_batch(s, st, ck, precision, ema) for ck in (False, True)}
     requested = st.micro_batch or int(run_cfg.optim.micro_batch)
     if requested and per_rank % requested:
         raise PlanError(f"micro batch {requested} does not divide the per-rank batch {per_rank} "
@@ -180,11 +185,11 @@ def make_plan(run_cfg, s: ModelShapes, st: PlanSettings, train_flops_per_image: 
     if cap < 1:
         raise PlanError(f"{run_cfg.name}: not even 1 image per GPU fits in {st.gpu_mem_gib:g} GiB "
                         f"on {N} GPUs (activation checkpointing {'on' if ckpt else 'off'}); "
-                        + _needed(s, st, precision, 1, ckpt))
+                        + _needed(s, st, precision, 1, ckpt, ema))
     if requested:
         if requested > cap:
             raise PlanError(f"micro batch {requested} does not fit (largest: {cap} with activation checkpointing "
-                            f"{'on' if ckpt else 'off'}); " + _needed(s, st, precision, requested, ckpt))
+                            f"{'on' if ckpt else 'off'}); " + _needed(s, st, precision, requested, ckpt, ema))
         micro = requested
     else:
         micro = _largest_divisor_at_most(per_rank, cap)
@@ -194,7 +199,7 @@ def make_plan(run_cfg, s: ModelShapes, st: PlanSettings, train_flops_per_image: 
     accum = per_rank // micro
     a = DTYPE_BYTES[precision]
     am = activation_model(s, a, st.impl, ckpt)
-    breakdown = dict(model_state_bytes(s, N, precision))
+    breakdown = dict(model_state_bytes(s, N, precision, ema))
     breakdown.update(zero3_buffer_bytes(s, precision, N))
     breakdown["tokenizer"] = 4 * s.tokenizer_params
     breakdown["activations_saved"] = am.saved * micro
