@@ -106,6 +106,21 @@ COVERED: Dict[str, Tuple[Cheap, ...]] = {
                             expect="400"),),
     "python -m mvar_dist fd-demo outputs/sweeps/cpu_demo/runs/mvar-d3-s160-s0 --eval-dir outputs/eval": (FD_DEMO_HELP,),
     "python -m mvar_dist fd-demo {run_dir} --eval-dir {eval_dir}": (FD_DEMO_HELP,),
+    # docs/ema.md: the flags exist, the overrides parse; the EMA itself runs in tests/test_ema.py and test_train_loop.py
+    "deepspeed --num_gpus 8 launchers/train.py --config mvar_d16 ema.enabled=true ema.decay=0.9999":
+        (DEEPSPEED_HELP, TRAIN_HELP, config("mvar_d16", "ema.enabled=true", "ema.decay=0.9999", expect="decay: 0.9999")),
+    "python launchers/sample.py sample --ckpt RUN/checkpoints/step_00100000 --out S --weights ema":
+        (py("launchers/sample.py", "sample", "--help", expect="--weights", slow=True),),
+    "python launchers/eval_service.py --roots runs/x --work-dir outputs/eval --weights ema":
+        (py("launchers/eval_service.py", "--help", expect="--weights", slow=True),),
+    "python -m mvar_dist fd-demo RUN --eval-dir outputs/eval --weights ema":
+        (py("-m", "mvar_dist", "fd-demo", "--help", expect="--weights"),),
+    "python launchers/scaling_sweep.py analyze cpu_demo --weights ema":
+        (py("launchers/scaling_sweep.py", "analyze", "--help", expect="--weights"),),
+    "python -m mvar_dist plan --config mvar_d30 --gpus 16 --gpu-mem-gib 80 ema.enabled=true":
+        (py("-m", "mvar_dist", "plan", "--config", "mvar_d30", "--gpus", "16", "--gpu-mem-gib", "80", "ema.enabled=true",
+            expect="EMA of the weights (fp32, 1/N)"),),
+    "python benchmarks/ema.py": (py("benchmarks/ema.py", "--help", expect=("--presets", "--batch", "--precision")),),
     # the package CLI
     "python -m mvar_dist doctor": (DOCTOR,),
     "python -m mvar_dist plan": (py("-m", "mvar_dist", "plan", "--help", expect=("--gpus", "--gpu-mem-gib")),),

@@ -258,9 +258,9 @@ def _loop(run: _Run, hooks: TrainHooks) -> Dict[str, Any]:
             timer.data_done(t_data)
             sums, fingerprint, local_loss = _forward_backward(run, labels_B, tokens_BL, hooks)
             run.step += 1
-            if run.ema is not None and run.engine.was_step_applied():
-                run.ema.update(run.step)
             good = _record_step(run, sums, fingerprint, local_loss, lr, wd, timer.lap())
+            if run.ema is not None and good:  # a skipped (non-finite) step leaves the EMA alone
+                run.ema.update(run.step)
             if not good:
                 _guard_bad_step(run)
             if run.val_loader is not None and run.step % cfg.log.val_every == 0:
