@@ -130,3 +130,40 @@ def test_service_with_inception_weights_reports_metrics(tmp_path):
     assert row["protocol_hash"] != skipped["protocol_hash"] and row["sample_dir"] == skipped["sample_dir"]
     assert any("resumed, 10 images already on disk" in line for line in logs)
     assert len(svc.table.rows()) == 2
+
+
+def test_weights_ema_is_its_own_protocol_and_samples_model_ema(tmp_path):
+    """weights=ema: model_ema.safetensors is verified and sampled, the row and sample folder are its own
+    (another protocol hash), the raw protocol hash is the one it had before the field existed."""
+    import dataclasses
+    import hashlib
+    import shutil
+
+    from mvar_dist.eval.results import Protocol
+
+    proto = Protocol(num_classes=10, num_per_class=1, cfg_scale=1.5, top_k=50, top_p=0.96, more_smooth=False, seed=0,
+                     resolution=64)
+    old = {k: v for k, v in dataclasses.asdict(proto).items() if k != "weights"}
+    assert proto.hash() == hashlib.sha256(json.dumps(old, sort_keys=True, separators=(",", ":")).encode()
+                                          ).hexdigest()[:16]
+    assert dataclasses.replace(proto, weights="ema").hash() != proto.hash()
+
+    run, work, logs = tmp_path / "runs" / "tiny", tmp_path / "eval", []
+    folder = write_checkpoint(run, 10)
+    raw_rows = EvalService(_opts(tmp_path / "runs", work, logs)).run_once()
+    ema_svc = EvalService(_opts(tmp_path / "runs", work, logs, weights="ema"))
+    assert ema_svc.run_once() == []  # no model_ema.safetensors: skipped and said so, not sampled, not "damaged"
+    assert any("no model_ema.safetensors (trained without ema.enabled)" in line for line in logs)
+    assert not (work / "damaged.json").exists()
+    # An "EMA" that differs from the raw weights (another init), listed in the marker like the trainer does.
+    other = write_checkpoint(tmp_path / "other", 11)  # seed 11: other weights
+    shutil.copy(other / "model.safetensors", folder / "model_ema.safetensors")
+    from mvar_dist.runs import manifest as mf
+
+    names = ["model.safetensors", "model_ema.safetensors", "config.yaml", "meta.json"]
+    (folder / "COMPLETE").write_text(mf.marker_text(mf.build_marker(10, [
+        {"rank": 0, "ok": True, "error": "", "files": mf.describe(folder, names)}])))
+    (ema_row,) = ema_svc.run_once()
+    assert ema_row["weights"] == "ema" and ema_row["protocol_hash"] != raw_rows[0]["protocol_hash"]
+    assert ema_row["model_sha256"] != raw_rows[0]["model_sha256"] and ema_row["sample_dir"] != raw_rows[0]["sample_dir"]
+    assert len(ema_svc.table.rows()) == 2 and (run / "tb" / "eval_ema").is_dir()

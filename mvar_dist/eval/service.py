@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from mvar_dist.fsio import sha256_file, write_json_atomic
+from mvar_dist.fsio import open_fs, sha256_file, write_json_atomic
 from mvar_dist.runs.generator import load_run_config, weights_file
 from mvar_dist.runs.layout import CheckpointRef, find_checkpoints
 
@@ -77,6 +77,7 @@ class EvalService:
                                    cache_dir=str(self.work / "cache"))
         self.sampler_factory = sampler_factory
         self.damaged: Dict[str, str] = {}  # checkpoint id -> what is wrong with it, as last seen
+        self.without_weights: set = set()  # checkpoint ids lacking the asked-for weights file (logged once)
         if self.evaluator.status() != "ok":
             opts.log(f"[eval] {self.evaluator.status()}")
 
@@ -109,6 +110,8 @@ class EvalService:
         """Evaluate every complete checkpoint not yet in the table; returns the new rows."""
         new_rows = []
         for ckpt in self.pending():
+            if not self.has_weights(ckpt):
+                continue
             folder = stage(ckpt, self.work / "staged", self.opts.weights)
             # The small files by hash and the model by size first: finished rows then cost no model hash.
             problem = verify(folder, self.opts.verify, ("config.yaml", "meta.json")) or \
@@ -122,6 +125,19 @@ class EvalService:
             if not self.damage(ckpt, verify(folder, self.opts.verify, (self.model_file,)), final=True):
                 new_rows.append(self.evaluate(ckpt, folder, run_cfg, proto))
         return new_rows
+
+    def has_weights(self, ckpt: CheckpointRef) -> bool:
+        """Whether the checkpoint has the weights file asked for; EMA files exist only for runs trained with
+        ema.enabled, so a checkpoint without one is skipped (said once), not reported as damaged."""
+        if self.opts.weights == "raw":
+            return True
+        fs, base = open_fs(ckpt.uri)
+        if fs.exists(f"{base}/{self.model_file}"):
+            return True
+        if ckpt.id not in self.without_weights:
+            self.without_weights.add(ckpt.id)
+            self.opts.log(f"[eval] {ckpt.id}: skipped, no {self.model_file} (trained without ema.enabled)")
+        return False
 
     def damage(self, ckpt: CheckpointRef, problem: Optional[str], final: bool) -> bool:
         """Record a verification result; a damaged checkpoint is logged once and listed in damaged.json.
