@@ -112,6 +112,13 @@ def test_fd_demo_command_writes_one_row_per_checkpoint_once(judge, tmp_path, cap
     assert main(argv) == 0  # nothing new: no second row, no sampling
     assert len((tmp_path / "eval" / "fd_demo.csv").read_text().splitlines()) == 2
     assert main(["fd-demo", str(tmp_path), "--eval-dir", str(tmp_path / "eval")]) == 2  # no checkpoints/ folder
+    # --weights ema: its own row (own protocol hash), read apart from the raw one
+    step2 = run / "checkpoints" / "step_00000002"
+    (step2 / "model_ema.safetensors").write_bytes((step2 / "model.safetensors").read_bytes())
+    assert main([*argv, "--weights", "ema"]) == 0
+    ema = read_fd_demo(tmp_path / "eval", "ema")["mvar-d1/step_00000002"]
+    assert ema["weights"] == "ema" and ema["protocol_hash"] != row["protocol_hash"]
+    assert read_fd_demo(tmp_path / "eval")["mvar-d1/step_00000002"]["protocol_hash"] == row["protocol_hash"]
 
 
 def test_fd_demo_follows_a_non_default_ckpt_dir(judge, tmp_path):

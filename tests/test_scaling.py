@@ -176,3 +176,24 @@ def test_pareto_frontier():
     flops = [1, 2, 3, 4, 2.5]
     loss = [5, 4, 4.5, 3, 3.5]
     assert pareto_frontier(flops, loss).tolist() == [0, 1, 4, 3]
+
+
+def test_sweep_table_reads_the_evaluation_rows_of_the_chosen_weights(tmp_path):
+    """Raw and EMA rows of one checkpoint sit in one eval table; the sweep table takes those of --weights
+    (rows written before the weights column existed count as raw)."""
+    import csv
+
+    from mvar_dist.scaling.results import EVAL_DIR, read_eval
+
+    path = tmp_path / EVAL_DIR / "eval_results.csv"
+    path.parent.mkdir(parents=True)
+    rows = [{"checkpoint_id": "r/step_00000010", "protocol_hash": "a", "fid": "10.0", "num_samples": "100",
+             "weights": ""},
+            {"checkpoint_id": "r/step_00000010", "protocol_hash": "b", "fid": "8.0", "num_samples": "100",
+             "weights": "ema"}]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert read_eval(tmp_path)["r/step_00000010"]["fid"] == "10.0"
+    assert read_eval(tmp_path, "ema")["r/step_00000010"]["fid"] == "8.0"

@@ -52,6 +52,7 @@ def evaluate_run(run_dir: Path, eval_dir: Path, judge_path: Path, per_class: int
     from mvar_dist.config import load_config
     from mvar_dist.eval.demo_judge import judge_checkpoint, load_or_train
     from mvar_dist.fsio import sha256_file
+    from mvar_dist.runs.generator import weights_file
     from mvar_dist.runs.layout import checkpoint_id, ckpt_root, list_checkpoints, step_of
 
     run_dir = Path(run_dir)
@@ -60,6 +61,9 @@ def evaluate_run(run_dir: Path, eval_dir: Path, judge_path: Path, per_class: int
     table = FdDemoTable(eval_dir)
     new = []
     for ckpt in list_checkpoints(Path(ckpt_root(run_dir))):
+        if not (ckpt / weights_file(weights)).is_file():
+            log(f"[fd-demo] {ckpt.name}: skipped, no {weights_file(weights)}")
+            continue
         ev = load_config(ckpt / "config.yaml").eval
         sampling = {"cfg_scale": ev.cfg_scale, "top_k": ev.top_k, "top_p": ev.top_p}
         key = (checkpoint_id(run_dir.name, step_of(ckpt)), protocol_hash(judge_sha, per_class, seed, sampling, weights))
