@@ -48,7 +48,7 @@ def parse(argv):
 
 
 def main(argv=None, hooks=None) -> int:
-    """hooks: an optional JobHooks for the job (tests/pretokenize_killed_after.py)."""
+    """hooks: an optional JobHooks for the job (tests/helpers/pretokenize_killed_after.py)."""
     a = parse(argv)
     from mvar_dist.data_pipeline import JobHooks, TokenizeOptions, VariantSpec, tokenize, verify
 

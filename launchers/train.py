@@ -31,7 +31,7 @@ def parse_args(argv):
 
 
 def main(argv=None, hooks=None) -> int:
-    """hooks: an optional mvar_dist.train.loop.TrainHooks (fault drills, see tests/train_with_nan_steps.py)."""
+    """hooks: an optional mvar_dist.train.loop.TrainHooks (fault drills, see tests/helpers/train_with_nan_steps.py)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))

@@ -28,6 +28,7 @@ from .manifest import MARKER
 META = "meta.json"
 RUN_CONFIG = "config.yaml"          # in the run folder and in every step folder
 CKPT_SUBDIR = "checkpoints"         # ckpt.dir's default under out_dir
+TOKENIZER_CKPT_SUBDIR = "ckpt"      # the tokenizer trainer's ckpt.dir default under its out_dir
 TOKENIZER_KIND = "var-vqvae-tokenizer-train"  # meta.json "kind" of a tokenizer-training step folder
 TOKENIZER_EXPORT = "vae.safetensors"          # its generator in the official key names
 STEP_RE = re.compile(r"^step_(\d{8})$")

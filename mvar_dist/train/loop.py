@@ -47,7 +47,7 @@ class TrainHooks:
     loss(step, loss) -> loss: called on each micro batch's loss before backward, with the 1-based
     optimizer step it belongs to. Fault drills use it to make chosen steps' losses NaN.
     before_upload(step, rank): called before a rank uploads its checkpoint files to an s3:// ckpt.dir;
-    raising there is a failed upload (the fault drill of tests/train_with_failed_upload.py)."""
+    raising there is a failed upload (the fault drill of tests/helpers/train_with_failed_upload.py)."""
 
     loss: Callable[[int, torch.Tensor], torch.Tensor] = _unchanged_loss
     before_upload: Optional[Callable[[int, int], None]] = None

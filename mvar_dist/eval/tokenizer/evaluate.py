@@ -6,9 +6,9 @@
     evaluate_tokenizer(...)    one pass -> a results row (also upserted into the results table)
 
 Every metric is computed on the 8-bit reconstruction (as a saved PNG would hold it) against the 8-bit
-original. LPIPS is the trainer's VGG LPIPS (`training/lpips.py`) from the user's backbone file, rFID is
+original. LPIPS is the trainer's VGG LPIPS (`train/tokenizer/lpips.py`) from the user's backbone file, rFID is
 the Frechet distance of our FID Inception's pool features (`mvar_dist/eval`) of reconstructions vs
-originals, usage/perplexity per scale come from `training/codebook_health.py`. LPIPS/rFID are skipped
+originals, usage/perplexity per scale come from `train/tokenizer/codebook_health.py`. LPIPS/rFID are skipped
 (and the row's note says so) when their weights file is not given.
 """
 from __future__ import annotations

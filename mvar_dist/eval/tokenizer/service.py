@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from mvar_dist.runs.layout import TOKENIZER_KIND as KIND, is_complete, list_checkpoints
+from mvar_dist.runs.layout import META, TOKENIZER_CKPT_SUBDIR, TOKENIZER_KIND, is_complete, list_checkpoints
 
 from mvar_dist.eval.watch import watch
 
@@ -25,7 +25,7 @@ def _is_tok_step(folder: Path) -> bool:
     if not is_complete(folder):
         return False
     try:
-        return json.loads((folder / "meta.json").read_text()).get("kind") == KIND
+        return json.loads((folder / META).read_text()).get("kind") == TOKENIZER_KIND
     except (OSError, ValueError):
         return False
 
@@ -38,11 +38,11 @@ def find_tokenizer_checkpoints(root) -> List[Path]:
     if _is_tok_step(root):
         return [root]
     out: List[Path] = []
-    for ckpt_dir in (root, root / "ckpt"):
+    for ckpt_dir in (root, root / TOKENIZER_CKPT_SUBDIR):
         out += [p for p in list_checkpoints(ckpt_dir) if _is_tok_step(p)]
     if not out:  # a folder of runs
         for run in sorted(p for p in root.iterdir() if p.is_dir()):
-            for ckpt_dir in (run, run / "ckpt"):
+            for ckpt_dir in (run, run / TOKENIZER_CKPT_SUBDIR):
                 out += [p for p in list_checkpoints(ckpt_dir) if _is_tok_step(p)]
     return out
 

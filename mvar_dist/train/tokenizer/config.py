@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 from mvar_dist.config.errors import ConfigError
 from mvar_dist.config.loader import fill_config, read_yaml_tree
 from mvar_dist.config.schema import TokenizerConfig
+from mvar_dist.runs.layout import TOKENIZER_CKPT_SUBDIR
 
 
 @dataclass
@@ -106,7 +107,7 @@ class TokTrainConfig:
 
     @property
     def ckpt_dir(self) -> Path:
-        return Path(self.ckpt.dir) if self.ckpt.dir else Path(self.out_dir) / "ckpt"
+        return Path(self.ckpt.dir) if self.ckpt.dir else Path(self.out_dir) / TOKENIZER_CKPT_SUBDIR
 
     def validate(self) -> "TokTrainConfig":
         self.tokenizer.validate()

@@ -18,13 +18,12 @@ import copy
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-from mvar_dist.distributed import init_process_group
+from mvar_dist.distributed import barrier, init_process_group
 from mvar_dist.runs.layout import TOKENIZER_EXPORT, TOKENIZER_KIND, is_complete, latest_checkpoint, read_meta
 from mvar_dist.train.checkpoint import CheckpointWriter, capture_rng, load_rng, restore_rng
 

@@ -46,11 +46,12 @@ DOCTOR = py("-m", "mvar_dist", "doctor", expect="torch", slow=True)
 MAKE_DEMO = make_n("demo", expect="launchers/demo.py")
 MAKE_TEST = make_n("test", expect="-m pytest tests")
 MAKE_TEST_FAST = make_n("test-fast", expect='-m "not slow"')
-DOC_TEST_TARGETS = ("tests/test_loader.py", "tests/test_loader_mp.py", "tests/test_loader_workers.py",
-                    "tests/test_config.py", "tests/test_config.py::test_yaml_round_trip", "tests/test_scaling.py",
-                    "tests/test_scaling_runner.py", "tests/test_scaling_ray.py", "tests/test_ssd.py",
-                    "tests/test_causal_conv.py", "tests/test_tokenizer.py", "tests/test_tokenizer_units.py",
-                    "tests/test_codebook_op.py")
+DOC_TEST_TARGETS = ("tests/unit/test_loader.py", "tests/integration/test_loader_mp.py",
+                    "tests/integration/test_loader_workers.py", "tests/unit/test_config.py",
+                    "tests/unit/test_config.py::test_yaml_round_trip", "tests/unit/test_scaling.py",
+                    "tests/integration/test_scaling_runner.py", "tests/integration/test_scaling_ray.py",
+                    "tests/unit/test_ssd.py", "tests/unit/test_causal_conv.py", "tests/unit/test_tokenizer.py",
+                    "tests/unit/test_tokenizer_units.py", "tests/unit/test_codebook_op.py")
 PYTEST_COLLECT = py("-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *DOC_TEST_TARGETS,
                     expect=tuple(t if "::" in t else f"{t}::" for t in DOC_TEST_TARGETS), slow=True)
 MAKE_VENV_GPU = "make venv TORCH_SPEC=torch==2.14.1"
@@ -106,7 +107,7 @@ COVERED: Dict[str, Tuple[Cheap, ...]] = {
                             expect="400"),),
     "python -m mvar_dist fd-demo outputs/sweeps/cpu_demo/runs/mvar-d3-s160-s0 --eval-dir outputs/eval": (FD_DEMO_HELP,),
     "python -m mvar_dist fd-demo {run_dir} --eval-dir {eval_dir}": (FD_DEMO_HELP,),
-    # docs/ema.md: the flags exist, the overrides parse; the EMA itself runs in tests/test_ema.py and test_train_loop.py
+    # docs/ema.md: the flags exist, the overrides parse; the EMA itself runs in test_ema_zero3.py and test_train_loop.py
     "deepspeed --num_gpus 8 launchers/train.py --config mvar_d16 ema.enabled=true ema.decay=0.9999":
         (DEEPSPEED_HELP, TRAIN_HELP, config("mvar_d16", "ema.enabled=true", "ema.decay=0.9999", expect="decay: 0.9999")),
     "python launchers/sample.py sample --ckpt RUN/checkpoints/step_00100000 --out S --weights ema":
@@ -134,7 +135,7 @@ COVERED: Dict[str, Tuple[Cheap, ...]] = {
     "python -m mvar_dist plan --config mvar_d30 --gpus 32 --gpu-mem-gib 80 optim.global_batch=2048 --json":
         (py("-m", "mvar_dist", "plan", "--config", "mvar_d30", "--gpus", "32", "--gpu-mem-gib", "80",
             "optim.global_batch=2048", "--json", expect='"global_batch": 2048'),),
-    # the calibration itself runs in tests/test_memory_plan.py (test_predicted_activation_peak_within_15_percent_...)
+    # the calibration itself runs in tests/unit/test_memory_plan.py (test_predicted_activation_peak_within_15_percent_...)
     "python benchmarks/memory_plan.py": (py("benchmarks/memory_plan.py", "--help", expect=("--configs", "--batch")),),
     "python benchmarks/memory_plan.py --device cuda --dtype bf16 --configs mvar_d12 var_d12 --batch 8":
         (py("benchmarks/memory_plan.py", "--help", expect=("--device", "--dtype")),),
@@ -227,12 +228,12 @@ COVERED: Dict[str, Tuple[Cheap, ...]] = {
     "python launchers/scaling_sweep.py analyze cpu_demo":
         (py("launchers/scaling_sweep.py", "analyze", "--help", expect="--n-boot"),),
     # tests named in the docs: collected (not run) in one go
-    "python -m pytest tests/test_loader.py tests/test_loader_mp.py tests/test_loader_workers.py -q": (PYTEST_COLLECT,),
-    "python -m pytest tests/test_config.py -q": (PYTEST_COLLECT,),
-    "python -m pytest tests/test_config.py::test_yaml_round_trip -q": (PYTEST_COLLECT,),
-    "pytest tests/test_scaling.py tests/test_scaling_runner.py tests/test_scaling_ray.py": (PYTEST_COLLECT,),
-    "python -m pytest -q tests/test_ssd.py tests/test_causal_conv.py": (PYTEST_COLLECT,),
-    "python -m pytest -q tests/test_tokenizer.py tests/test_tokenizer_units.py tests/test_codebook_op.py":
+    "python -m pytest tests/unit/test_loader.py tests/integration/test_loader_mp.py tests/integration/test_loader_workers.py -q": (PYTEST_COLLECT,),
+    "python -m pytest tests/unit/test_config.py -q": (PYTEST_COLLECT,),
+    "python -m pytest tests/unit/test_config.py::test_yaml_round_trip -q": (PYTEST_COLLECT,),
+    "pytest tests/unit/test_scaling.py tests/integration/test_scaling_runner.py tests/integration/test_scaling_ray.py": (PYTEST_COLLECT,),
+    "python -m pytest -q tests/unit/test_ssd.py tests/unit/test_causal_conv.py": (PYTEST_COLLECT,),
+    "python -m pytest -q tests/unit/test_tokenizer.py tests/unit/test_tokenizer_units.py tests/unit/test_codebook_op.py":
         (PYTEST_COLLECT,),
     # benchmarks (never part of the tests; their options are checked)
     "python benchmarks/loader.py --epochs 5 [--step-ms 1]": (py("benchmarks/loader.py", "--help",
@@ -261,71 +262,71 @@ ELSEWHERE: Dict[str, str] = {
     "git clone <repo> mvar-dist && cd mvar-dist":
         ".ci/run: placeholder remote, needs the network; CI runs the suite on a fresh clone",
     "make test": ".ci/run: CI runs exactly this",
-    "pip install .": "tests/test_package.py::test_wheel_installs_the_same_package_tree: builds and installs the wheel",
-    "pip install -e .": "tests/test_package.py::test_mapped_packages_import_from_anywhere: the editable install",
+    "pip install .": "tests/integration/test_package.py::test_wheel_installs_the_same_package_tree: builds and installs the wheel",
+    "pip install -e .": "tests/integration/test_package.py::test_mapped_packages_import_from_anywhere: the editable install",
     "bash .ci/run": ".ci/run: the CI entry point itself",
     "python -m pytest -m slow": ".ci/run: `make test` runs the slow tests with the rest",
-    MN_DS_NO_SSH: "tests/test_multinode.py::test_deepspeed_two_nodes_match_one_node: two --no_ssh nodes, 127.0.0.1",
-    MN_TORCHRUN_C10D: "tests/test_multinode.py::test_torchrun_two_nodes_match_one_node: [c10d], two nodes, 127.0.0.1",
-    MN_TORCHRUN_STATIC: "tests/test_multinode.py::test_torchrun_two_nodes_match_one_node: [static], node rank 0 = rank 0",
-    MN_DS: "tests/test_multinode.py::test_pdsh_runner_starts_the_same_launch_on_every_host: stand-in ssh/pdsh "
+    MN_DS_NO_SSH: "tests/integration/test_multinode.py::test_deepspeed_two_nodes_match_one_node: two --no_ssh nodes, 127.0.0.1",
+    MN_TORCHRUN_C10D: "tests/integration/test_multinode.py::test_torchrun_two_nodes_match_one_node: [c10d], two nodes, 127.0.0.1",
+    MN_TORCHRUN_STATIC: "tests/integration/test_multinode.py::test_torchrun_two_nodes_match_one_node: [static], node rank 0 = rank 0",
+    MN_DS: "tests/integration/test_multinode.py::test_pdsh_runner_starts_the_same_launch_on_every_host: stand-in ssh/pdsh "
            "record each host's launch.py command (no ssh here)",
-    MN_SRUN: "tests/test_multinode.py::test_slurm_env_two_tasks_match_one_node: fake SLURM_* variables, no srun",
+    MN_SRUN: "tests/integration/test_multinode.py::test_slurm_env_two_tasks_match_one_node: fake SLURM_* variables, no srun",
     "python launchers/train_tokenizer.py data.root=data/images out_dir=runs/tok":
-        "tests/test_tokenizer_training_run.py::test_documented_commands: tiny one-process run",
+        "tests/integration/test_tokenizer_training_run.py::test_documented_commands: tiny one-process run",
     "python launchers/train_tokenizer.py init=vae_ch160v4096z32.pth data.root=data/images out_dir=runs/ft"
     " optim.lr=3e-5":
-        "tests/test_tokenizer_training_run.py::test_documented_commands: fine-tune from an official-key file",
+        "tests/integration/test_tokenizer_training_run.py::test_documented_commands: fine-tune from an official-key file",
     "python launchers/train_tokenizer.py --resume none data.root=data/images out_dir=runs/tok":
-        "tests/test_tokenizer_training_run.py::test_documented_commands: `--resume none`, missing folder",
+        "tests/integration/test_tokenizer_training_run.py::test_documented_commands: `--resume none`, missing folder",
     "python -m torch.distributed.run --nproc_per_node 2 launchers/train_tokenizer.py data.root=data/images"
-    " out_dir=runs/tok": "tests/test_tokenizer_training_run.py::test_two_gloo_ranks_equal_one_rank",
+    " out_dir=runs/tok": "tests/integration/test_tokenizer_training_run.py::test_two_gloo_ranks_equal_one_rank",
     "python launchers/eval_tokenizer.py --checkpoint runs/tok/export/vae.safetensors --images data/val"
     " --results outputs/eval":
-        "tests/test_tokenizer_eval.py::test_command_row_contents_and_idempotent: tiny .safetensors/.pth, 6 images",
+        "tests/unit/test_tokenizer_eval.py::test_command_row_contents_and_idempotent: tiny .safetensors/.pth, 6 images",
     "python launchers/eval_tokenizer.py --checkpoint runs/tok/ckpt/step_00010000 --images data/val"
     " --lpips-vgg vgg16.pth --inception-weights pt_inception-2015-12-05-6726825d.pth":
-        "tests/test_tokenizer_eval.py::test_command_row_contents_and_idempotent: random LPIPS/Inception weights "
+        "tests/unit/test_tokenizer_eval.py::test_command_row_contents_and_idempotent: random LPIPS/Inception weights "
         "(step folders: test_service_evaluates_each_tokenizer_step_once)",
     "python launchers/eval_service.py --kind tokenizer --roots runs/tok --images data/val --work-dir outputs/eval"
-    " --once": "tests/test_tokenizer_eval.py::test_service_evaluates_each_tokenizer_step_once: a tiny trainer run",
-    "make sweep-demo": "tests/test_scaling_runner.py::test_launcher_plan_and_run: the same CLI `run` (stand-in "
-                       "trainer); tests/test_demo.py: the demo stages it runs first; the real sweep takes about "
+    " --once": "tests/unit/test_tokenizer_eval.py::test_service_evaluates_each_tokenizer_step_once: a tiny trainer run",
+    "make sweep-demo": "tests/integration/test_scaling_runner.py::test_launcher_plan_and_run: the same CLI `run` (stand-in "
+                       "trainer); tests/integration/test_demo.py: the demo stages it runs first; the real sweep takes about "
                        "10 minutes (docs/scaling_laws.md, CPU demo)",
     "python launchers/demo.py --until shards":
-        "tests/test_demo.py::test_demo_runs_every_stage_then_skips_finished_work: the re-run stops after the shards",
+        "tests/integration/test_demo.py::test_demo_runs_every_stage_then_skips_finished_work: the re-run stops after the shards",
     "python launchers/train_tokenizer.py --config configs/tokenizer/demo.yaml data.root=outputs/demo_data":
-        "tests/test_demo.py::test_demo_runs_every_stage_then_skips_finished_work: the demo runs this config (4 steps)",
+        "tests/integration/test_demo.py::test_demo_runs_every_stage_then_skips_finished_work: the demo runs this config (4 steps)",
     "python -m mvar_dist fd-demo outputs/sweeps/cpu_demo/runs/mvar-d3-s160-s0 --eval-dir outputs/eval":
-        "tests/test_demo_classifier.py::test_fd_demo_command_writes_one_row_per_checkpoint_once",
+        "tests/unit/test_demo_classifier.py::test_fd_demo_command_writes_one_row_per_checkpoint_once",
     "python -m mvar_dist fd-demo {run_dir} --eval-dir {eval_dir}":
-        "tests/test_demo_classifier.py::test_fd_demo_command_writes_one_row_per_checkpoint_once",
-    "make demo": "tests/test_demo.py::test_demo_runs_every_stage_then_skips_finished_work: every stage, tiny step "
+        "tests/unit/test_demo_classifier.py::test_fd_demo_command_writes_one_row_per_checkpoint_once",
+    "make demo": "tests/integration/test_demo.py::test_demo_runs_every_stage_then_skips_finished_work: every stage, tiny step "
                  "counts, then a re-run that skips them; the full demo takes about 8 minutes (docs/LOG.md)",
-    "python launchers/scaling_sweep.py run cpu_demo": "tests/test_scaling_runner.py::test_launcher_plan_and_run",
+    "python launchers/scaling_sweep.py run cpu_demo": "tests/integration/test_scaling_runner.py::test_launcher_plan_and_run",
     "python launchers/scaling_sweep.py analyze cpu_demo":
-        "tests/test_scaling_runner.py::test_results_table_fits_and_plots: table, fits and plots from run outputs",
+        "tests/integration/test_scaling_runner.py::test_results_table_fits_and_plots: table, fits and plots from run outputs",
     "python launchers/scaling_sweep.py run my.yaml --ray http://127.0.0.1:8265 --wait":
-        "tests/test_scaling_ray.py::test_sweep_as_ray_jobs_completes_skips_and_reports_failures: a live Ray head",
+        "tests/integration/test_scaling_ray.py::test_sweep_as_ray_jobs_completes_skips_and_reports_failures: a live Ray head",
     "RAY_AUTH_MODE=token ray job submit --address http://HEAD:8265 -- python /path/to/repo/launchers/pretokenize.py"
     " --config mvar_d16 --source s3://bucket/imagenet/train --dest s3://bucket/tokens/d16-k10 --variants 10"
     " --num-actors 8 --num-gpus 1 --batch-size 128 --images-per-shard 1000"
     " tokenizer.checkpoint=/shared/vae_ch160v4096z32.pth":
-        "tests/test_tokenize_job.py::test_ray_job_submit_tokenizes_on_the_cluster: token-auth head, local files",
+        "tests/integration/test_tokenize_job.py::test_ray_job_submit_tokenizes_on_the_cluster: token-auth head, local files",
     "torchrun --nproc_per_node 2 launchers/train.py --config mvar_tiny data.shards=outputs/tok out_dir=runs/tiny":
-        "tests/test_train_loop.py::test_loss_decreases_and_ranks_agree: 2 gloo ranks, ZeRO-3",
+        "tests/integration/test_train_loop.py::test_loss_decreases_and_ranks_agree: 2 gloo ranks, ZeRO-3",
     "python launchers/train.py --config mvar_tiny data.shards=...":
-        "tests/test_train_loop.py::test_resume_on_one_rank_from_two_rank_checkpoint: one process, no launcher",
+        "tests/integration/test_train_loop.py::test_resume_on_one_rank_from_two_rank_checkpoint: one process, no launcher",
     "python -m deepspeed.checkpoint.ds_to_universal --input_folder step/ds/state --output_folder step/ds/.tmp.universal"
     " --inject_missing_state":
-        "tests/test_train_loop.py::test_resume_on_one_rank_from_two_rank_checkpoint: the trainer runs this conversion",
+        "tests/integration/test_train_loop.py::test_resume_on_one_rank_from_two_rank_checkpoint: the trainer runs this conversion",
     "torchrun --nproc_per_node 8 launchers/sample.py sample --ckpt RUN/checkpoints/step_00100000 --out S --npz":
-        "tests/test_eval_cli.py::test_torchrun_two_ranks_match_one_process: 2 ranks, tiny checkpoint",
+        "tests/integration/test_eval_cli.py::test_torchrun_two_ranks_match_one_process: 2 ranks, tiny checkpoint",
     "python launchers/eval_service.py --roots outputs/demo --work-dir outputs/demo/eval --once --config demo":
-        "tests/test_eval_service.py::test_service_evaluates_complete_checkpoints_once_and_survives_restart",
+        "tests/integration/test_eval_service.py::test_service_evaluates_complete_checkpoints_once_and_survives_restart",
     "python launchers/eval_service.py --roots runs/ s3://bucket/runs --work-dir eval/ --poll 300 --inception-weights"
     " pt_inception-2015-12-05-6726825d.pth --reference VIRTUAL_imagenet256_labeled.npz":
-        "tests/test_eval_cli.py::test_service_over_s3_sees_only_complete_checkpoints: local + s3:// (moto)",
+        "tests/integration/test_eval_cli.py::test_service_over_s3_sees_only_complete_checkpoints: local + s3:// (moto)",
 }
 
 

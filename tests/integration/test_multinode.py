@@ -31,7 +31,7 @@ from typing import Dict, List, Sequence
 import pytest
 from s3_utils import free_port, moto_s3  # noqa: F401  (fixture)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LAUNCHER = "launchers/train.py"
 SLURM_ENV = REPO / "launchers" / "slurm_env.sh"
 BIN = Path(sys.executable).parent

@@ -1,4 +1,4 @@
-"""One gloo rank of the EMA tests (tests/test_ema.py), run under torch.distributed.run.
+"""One gloo rank of the EMA tests (tests/integration/test_ema_zero3.py), run under torch.distributed.run.
 
     ema_worker.py train <dir> <steps>   AdamW steps on a small module under real ZeRO-3 (fp32); keeps the
                                         single-process fp32 reference EMA of the gathered parameter

@@ -21,7 +21,7 @@ from mvar_dist.eval.tokenizer.service import TokenizerEvalService, find_tokenize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TINY_HP = dict(ch=32, ch_mult=(1, 1), vocab_size=32, z_channels=8, patch_nums=(1, 2, 4, 8))
 
 

@@ -21,7 +21,7 @@ from s3_utils import moto_s3  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow      # a Ray runtime, a moto server and a subprocess driver
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 K = 2
 PER_SHARD = 7
 BAD = {"checker/zz_garbage.png": "unidentified", "cross/zz_truncated.png": "corrupt image",
@@ -151,7 +151,7 @@ def test_s3_run_gives_the_local_rows(local_run, images, tok_cfg, moto_s3, tmp_pa
 def test_interrupted_run_resumes_to_exactly_the_clean_rows(ray_address, local_run, images, tok_cfg, tmp_path):
     dest = tmp_path / "shards"
     # the launcher's command line, with a hook that kills the driver after 2 shards (exit code 75)
-    cmd = [sys.executable, "tests/pretokenize_killed_after.py", "2", "--config", "mvar_tiny", "--source", str(images),
+    cmd = [sys.executable, "tests/helpers/pretokenize_killed_after.py", "2", "--config", "mvar_tiny", "--source", str(images),
            "--dest", str(dest), "--variants", str(K), "--seed", "5", "--images-per-shard", str(PER_SHARD),
            "--batch-size", "16", "--address", ray_address]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)

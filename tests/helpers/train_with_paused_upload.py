@@ -1,8 +1,8 @@
-"""Test-only wrapper: `python tests/train_with_paused_upload.py STEP RANK FLAG <launchers/train.py arguments>`.
+"""Test-only wrapper: `python tests/helpers/train_with_paused_upload.py STEP RANK FLAG <launchers/train.py arguments>`.
 
 Runs the real training launcher with a hook that, when RANK is about to upload its checkpoint files
 of optimizer step STEP, writes the file FLAG and sleeps: the test then kills that node mid-save
-(tests/test_multinode.py). No fault injection lives in the library."""
+(tests/integration/test_multinode.py). No fault injection lives in the library."""
 import sys
 import time
 from pathlib import Path

@@ -16,7 +16,7 @@ from test_scaling_runner import FAKE_TRAIN
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _invocations(path: Path):

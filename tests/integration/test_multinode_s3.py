@@ -1,7 +1,7 @@
 """Multi-node on one machine with an s3:// checkpoint root (moto on 127.0.0.1): one node killed mid-upload.
 
 Two DeepSpeed `--no_ssh` "nodes", one gloo rank each, node-local `out_dir` and `ckpt.stage_dir`, with
-the helpers and the one-node reference of test_multinode.py. A test hook (tests/train_with_paused_upload.py)
+the helpers and the one-node reference of test_multinode.py. A test hook (tests/helpers/train_with_paused_upload.py)
 makes node 1 pause just before uploading its files of the last step; the test SIGKILLs node 1's process
 group (only what it started), then checks node 0 exits, no marker, and an exact resume of both nodes.
 """
@@ -17,7 +17,7 @@ from test_multinode import (MAX_STEPS, TIMEOUT, TRAIN, Node, _env, _logs, _wait_
                             deepspeed_node, hostfile, nodes, reference, shards, tok_hash)
 
 
-PAUSED_UPLOAD = "tests/train_with_paused_upload.py"  # the launcher with a hook that pauses one rank's upload
+PAUSED_UPLOAD = "tests/helpers/train_with_paused_upload.py"  # the launcher with a hook that pauses one rank's upload
 
 
 def _wait_for(cond, what: str, started: Sequence[Node], timeout: float = TIMEOUT) -> None:

@@ -1,4 +1,4 @@
-"""Test-only wrapper: `python tests/train_with_failed_upload.py STEP RANK <launchers/train.py arguments>`.
+"""Test-only wrapper: `python tests/helpers/train_with_failed_upload.py STEP RANK <launchers/train.py arguments>`.
 
 Runs the real training launcher with a hook that makes RANK's checkpoint upload at optimizer step
 STEP fail, for the s3:// checkpoint test (no fault injection lives in the library)."""

@@ -16,7 +16,7 @@ from typing import Dict, List, Sequence, Tuple
 import pytest
 
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # docs/LOG.md is a dated record of what was run and measured, not instructions: it keeps its history.
 DOCS = [REPO / "README.md", *sorted(p for p in (REPO / "docs").glob("*.md") if p.name != "LOG.md")]
 PROGRAMS = {"python", "pip", "make", "deepspeed", "torchrun", "ray", "tensorboard", "bash", "pytest", "git"}

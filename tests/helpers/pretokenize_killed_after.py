@@ -1,4 +1,4 @@
-"""Test-only wrapper: `python tests/pretokenize_killed_after.py N <launchers/pretokenize.py arguments>`.
+"""Test-only wrapper: `python tests/helpers/pretokenize_killed_after.py N <launchers/pretokenize.py arguments>`.
 
 Runs the real pre-tokenisation command line, and after this run has written N shards kills the
 driver abruptly (exit code 75) with a half-written temp file of the next shard left behind, as a

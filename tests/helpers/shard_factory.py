@@ -63,7 +63,7 @@ def write_token_shards(uri: str, num_images: int = 60, variants: int = 2, patch_
         tokenizer={"hash": tokenizer_hash, "random_weights": True, "vocab_size": vocab_size},
         patch_nums=list(patch_nums), resolution=patch_nums[-1] * 16,
         variants={"count": variants, "seed": seed, "hflip": False, "scheme": "synthetic"},
-        num_classes=num_classes, shards=shards, num_images=num_images, source="tests/shard_factory.py",
+        num_classes=num_classes, shards=shards, num_images=num_images, source="tests/helpers/shard_factory.py",
         created="2026-01-01T00:00:00Z")
     write_bytes_atomic(fs, f"{root}/{MANIFEST_NAME}", manifest.to_json().encode())
     return manifest

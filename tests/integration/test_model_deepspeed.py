@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from s3_utils import free_port
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 STEPS = 3
 
 
@@ -70,7 +70,7 @@ def _worker(out_path: str) -> None:
 def test_zero3_two_ranks_checkpointing_same_losses(tmp_path):
     out = tmp_path / "result.json"
     env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(REPO / ".torch_extensions"), OMP_NUM_THREADS="1",
-               PYTHONPATH=str(REPO))
+               PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests" / "helpers")]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), str(Path(__file__).resolve()), str(out)]
     proc = subprocess.run(cmd, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=480)

@@ -1,4 +1,4 @@
-"""Test-only wrapper: `python tests/train_with_nan_steps.py 2,4,5 <launchers/train.py arguments>`.
+"""Test-only wrapper: `python tests/helpers/train_with_nan_steps.py 2,4,5 <launchers/train.py arguments>`.
 
 Runs the real training launcher with a hook that makes the loss of the listed optimizer steps NaN,
 for the NaN-guard test (no fault injection lives in the library)."""
@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def load_launcher():
-    path = Path(__file__).resolve().parent.parent / "launchers" / "train.py"
+    path = Path(__file__).resolve().parents[2] / "launchers" / "train.py"
     spec = importlib.util.spec_from_file_location("train_launcher", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

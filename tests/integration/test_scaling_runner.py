@@ -159,7 +159,7 @@ def test_results_table_follows_a_non_default_ckpt_dir(sweep_file, tmp_path):
 
 
 def test_launcher_plan_and_run(sweep_file, tmp_path, capsys):
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "launchers"))
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2] / "launchers"))
     try:
         import scaling_sweep
     finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Lowest first. ops/, data_pipeline/ and configs/ are installed as mvar_dist.ops / .data_pipeline / .configs.
 LAYERS = [
     {"__init__", "fsio", "configs", "install_lock", "distributed"},  # import no other package
@@ -57,7 +57,7 @@ def test_every_import_points_down():
     layer = {name: i for i, names in enumerate(LAYERS) for name in names}
     wrong = []
     for path, package, parts in _files():
-        assert package in layer, f"{path}: package {package!r} has no layer in tests/test_layers.py"
+        assert package in layer, f"{path}: package {package!r} has no layer in tests/unit/test_layers.py"
         for target in _imports(path, parts) - {package}:
             assert target in layer, f"{path} imports mvar_dist.{target}, which has no layer"
             if layer[target] >= layer[package]:

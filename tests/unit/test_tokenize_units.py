@@ -17,7 +17,7 @@ from mvar_dist.data_pipeline.sources import list_inputs, read_bytes
 from mvar_dist.data_pipeline.writer import Destination, load_rows, record_from, shard_bytes, verify, finalize
 from mvar_dist.data.shards import Manifest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SPEC = VariantSpec(count=4, seed=3, hflip=False, resolution=64, min_side=16)
 
 

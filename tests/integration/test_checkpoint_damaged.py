@@ -15,7 +15,7 @@ from s3_utils import moto_s3  # noqa: F401  (fixture)
 from test_train_loop import COMMON, MAX_STEPS, REPO, _losses, _make_token_shards, run_train
 
 pytestmark = pytest.mark.slow
-FAILED_UPLOAD = REPO / "tests" / "train_with_failed_upload.py"
+FAILED_UPLOAD = REPO / "tests" / "helpers" / "train_with_failed_upload.py"
 OPTIM1 = "ds/state/zero_pp_rank_1_mp_rank_00_optim_states.pt"
 
 

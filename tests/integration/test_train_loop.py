@@ -21,9 +21,9 @@ import pytest
 import torch
 from s3_utils import free_port
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LAUNCHER = REPO / "launchers" / "train.py"
-NAN_STEPS_LAUNCHER = REPO / "tests" / "train_with_nan_steps.py"  # the launcher with a NaN-loss hook
+NAN_STEPS_LAUNCHER = REPO / "tests" / "helpers" / "train_with_nan_steps.py"  # the launcher with a NaN-loss hook
 MAX_STEPS = 12
 COMMON = ["--config", "mvar_tiny", f"optim.max_steps={MAX_STEPS}", "optim.tblr=0.05", "ckpt.every_steps=4",
           "ckpt.keep_last=2", "data.val_fraction=0.3", "log.val_every=4", "ema.enabled=true", "ema.decay=0.9",
@@ -280,7 +280,7 @@ def test_clear_errors_for_bad_input(shards, tmp_path):
     p = run_train(2, ["--config", "mvar_tiny", f"data.shards={shards}", f"out_dir={tmp_path / 'e'}",
                       "optim.global_batch=6", "optim.micro_batch=2"])
     assert p.returncode != 0 and "world size 2 x micro batch 2 = 4" in p.stderr, p.stderr[-2000:]
-    sys.path.insert(0, str(REPO / "tests"))
+    sys.path.insert(0, str(REPO / "tests" / "helpers"))
     from shard_factory import write_token_shards
 
     other = tmp_path / "other_tokens"

@@ -18,7 +18,7 @@ from ray_head import RAY, ray_head  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_ray_job_submit_tokenizes_on_the_cluster(ray_head, demo_images, tmp_path):
