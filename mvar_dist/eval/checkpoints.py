@@ -17,7 +17,6 @@ from mvar_dist.runs.generator import READ_FILES, load_generator, read_files
 from mvar_dist.runs.layout import CheckpointRef
 
 MARKER = mf.MARKER
-STAGED_FILES = READ_FILES + (MARKER,)
 
 
 def stage(ckpt: CheckpointRef, cache_dir, weights: str = "raw") -> Path:

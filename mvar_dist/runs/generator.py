@@ -12,7 +12,6 @@ from pathlib import Path
 from .layout import META, RUN_CONFIG, WEIGHT_FILES, read_meta
 
 WEIGHTS = WEIGHT_FILES["raw"]  # the consolidated generator in the official key names
-READ_FILES = (WEIGHTS, RUN_CONFIG, META)  # what loading the raw weights reads
 
 
 def weights_file(weights: str = "raw") -> str:
@@ -25,6 +24,9 @@ def weights_file(weights: str = "raw") -> str:
 def read_files(weights: str = "raw") -> tuple:
     """What load_generator(folder, weights=...) reads (for verification and staging)."""
     return (weights_file(weights), RUN_CONFIG, META)
+
+
+READ_FILES = read_files("raw")  # what loading the raw weights reads
 
 
 def load_run_config(folder):

@@ -11,6 +11,8 @@ Layout of `<ckpt.dir>`:
         rng/rank_00000.pt     per-rank RNG states (torch, python, numpy)
         metrics.json          the last logged metrics
         model.safetensors     consolidated model in the official key names
+        model_ema.safetensors the same for the EMA weights (ema.enabled; train/ema.py)
+        ema/rank_00000.safetensors  per-rank fp32 EMA of the rank's ZeRO-3 partition (ema.enabled)
         COMPLETE              written last, before the rename; nothing without it is ever loaded;
                               lists every file with its size and sha256 (manifest.py)
     .tmp.step_00000120/       in progress (removed at the next start if the writer died)

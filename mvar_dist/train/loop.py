@@ -24,12 +24,13 @@ from . import checkpoint as ck
 from . import ema as ema_mod
 from .ckpt_sync import agreed_plan, publish_agreed, stage_dir
 from .engine import batch_split, build_engine, engine_dtype, fill_ds_config, oom_message, read_ds_config, \
-    repair_after_universal_load, reset_zero3_trace, set_lr_wd
+    repair_after_universal_load, set_lr_wd
 from .export import export_weights
 from .metrics import MetricsWriter, StepTimer, device_peak_flops, peak_memory_gb, scale_sums, summarize, \
     token_losses, append_jsonl, truncate_jsonl
 from .schedule import Schedule
 from .signals import StopFlag
+from .validation import validate
 
 
 class BadStepsError(RuntimeError):
@@ -264,7 +265,8 @@ def _loop(run: _Run, hooks: TrainHooks) -> Dict[str, Any]:
             if not good:
                 _guard_bad_step(run)
             if run.val_loader is not None and run.step % cfg.log.val_every == 0:
-                _validate(run)
+                validate(run.engine, run.vae, run.val_loader, run.patch_nums, run.micro, run.dtype, run.device,
+                         run.metrics, run.step, run.ema)
             stop_now = _any_rank(stop.requested, run.device)
             if good and (run.step % cfg.ckpt.every_steps == 0 or stop_now or run.step == run.max_steps):
                 _save(run, stop_now or run.step == run.max_steps, hooks)
@@ -274,15 +276,6 @@ def _loop(run: _Run, hooks: TrainHooks) -> Dict[str, Any]:
         return _finish(run)
     finally:
         stop.restore()
-
-
-def _validate(run: _Run) -> None:
-    """Validation loss of the raw weights and, with EMA on, of the EMA weights (same split, same pass)."""
-    args = (run.engine, run.vae, run.val_loader, run.patch_nums, run.micro, run.dtype, run.device)
-    run.metrics.log_val(run.step, evaluate(*args))
-    if run.ema is not None:
-        with run.ema.swapped_in():
-            run.metrics.log_val(run.step, evaluate(*args), weights="ema")
 
 
 def _forever(loader) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
@@ -440,24 +433,3 @@ def _finish(run: _Run) -> Dict[str, Any]:
               "last_checkpoint": str(run.writer.final_folder(run.last_saved)) if run.last_saved >= 0 else None}
     write_text_atomic(Path(cfg.out_dir) / "summary.json", json.dumps(result, indent=1), fsync=True)
     return result
-
-
-@torch.no_grad()
-def evaluate(engine, vae, val_loader, patch_nums, micro: int, dtype, device) -> Dict[str, float]:
-    """One fixed pass over the held-out split in eval mode (no label dropout, no drop path)."""
-    engine.eval()
-    val_loader.load_state_dict({"epoch": 0, "samples_consumed": 0})
-    sums = torch.zeros(2 * len(patch_nums) + 1, dtype=torch.float64, device=device)
-    for labels_B, tokens_BL in val_loader:  # from (0, 0): exactly one pass over the split
-        labels_B, tokens_BL = labels_B.to(device), tokens_BL.to(device)
-        teacher_BLC = vae.ids_to_teacher_input(tokens_BL).to(dtype)
-        for k in range(0, labels_B.shape[0], micro):
-            sl = slice(k, k + micro)
-            logits_BLV = engine(labels_B[sl], teacher_BLC[sl])
-            ce_BL, _ = token_losses(logits_BLV, tokens_BL[sl])
-            sums += scale_sums(ce_BL, logits_BLV, tokens_BL[sl], patch_nums)
-    all_reduce_(sums)
-    engine.train()
-    reset_zero3_trace(engine)
-    out = summarize(sums, patch_nums)
-    return {"loss": out["L_mean"], **out}
