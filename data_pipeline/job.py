@@ -100,8 +100,12 @@ def load_driver_tokenizer(tok_cfg):
     path = tok_cfg.checkpoint
     if path and not os.path.isfile(path):
         raise FileNotFoundError(f"tokenizer checkpoint {path!r} does not exist")
+    from mvar_dist.errors import OperatorError
+
     try:
         return build_tokenizer(_tok_dict(tok_cfg))
+    except OperatorError:
+        raise  # already names the file and what to do (e.g. non-finite weights)
     except Exception as e:
         what = f"tokenizer checkpoint {path!r}" if path else "tokenizer"
         raise ValueError(f"{what} does not load with tokenizer config (vocab_size={tok_cfg.vocab_size}, ch={tok_cfg.ch}, "

@@ -31,8 +31,16 @@ def parse_args(argv):
 
 
 def main(argv=None, hooks=None) -> int:
-    """hooks: an optional mvar_dist.train.loop.TrainHooks (fault drills, see tests/train_with_nan_steps.py)."""
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    """hooks: an optional mvar_dist.train.loop.TrainHooks (fault drills, see tests/train_with_nan_steps.py).
+
+    Expected failures print one `error:` line and return 2 (mvar_dist/errors.py; --debug shows the traceback)."""
+    from mvar_dist.errors import run_cli
+
+    return run_cli(lambda av: _main(av, hooks), argv)
+
+
+def _main(argv, hooks) -> int:
+    args = parse_args(argv)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     # The shm-comm op and other DeepSpeed JIT builds are cached here instead of ~/.cache.

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from mvar_dist.errors import OperatorError
 from mvar_dist.train.metrics import append_jsonl, truncate_jsonl
 from mvar_dist.train.signals import StopFlag
 
@@ -93,10 +94,14 @@ def fit(cfg: TokTrainConfig, rank: int = 0, world: int = 1, device: Optional[tor
             _count_rejects(tr, bad)
             out = tr.train_step(img)
             images_since += out["images"]
+            good = tr.bad_run == 0
+            if not good:
+                _bad_step(tr, out, saved_at)
             dead = _dead_check(tr)
-            if tr.step % cfg.log.every == 0 or tr.step == cfg.optim.steps:
+            if tr.step % cfg.log.every == 0 or tr.step == cfg.optim.steps or not good:
                 now = time.perf_counter()
                 rec = {"step": tr.step, **out, "lr": tr.lr_at(tr.step - 1), "rejected": tr.rejected,
+                       "skipped_steps": tr.skipped,
                        "images_per_s": images_since / max(now - t_log, 1e-9), **tr.health.interval_stats(device)}
                 if dead is not None:
                     rec["dead_reinit"] = dead
@@ -105,16 +110,18 @@ def fit(cfg: TokTrainConfig, rank: int = 0, world: int = 1, device: Optional[tor
                 t_log, images_since = time.perf_counter(), 0.0
             if cfg.log.images_every and tr.step % cfg.log.images_every == 0:
                 _log_images(tr, logger, img)
-            if tr.step % cfg.ckpt.every == 0 or tr.step == cfg.optim.steps:
+            if good and (tr.step % cfg.ckpt.every == 0 or tr.step == cfg.optim.steps):
                 tr.save()
                 saved_at = tr.step
             if _should_stop(tr, stop, start_step):
                 status = "stopped"
                 break
-        if saved_at != tr.step and tr.step > start_step:
+        if saved_at != tr.step and tr.step > start_step and tr.bad_run == 0:
             tr.save()
         summary = {"status": status, "step": tr.step, "resumed_from": str(resumed) if resumed else None,
                    "rejected": tr.rejected, "last": tr.last_rec}
+        if status == "finished":
+            tr.check_finite("export")  # every rank: the same replica, the same answer
         if status == "finished" and rank == 0:
             paths = S.export_generator(tr.vae, Path(cfg.out_dir) / "export", cfg.quant.l2_norm_codes)
             summary["export"] = {k: str(v) for k, v in paths.items()}
@@ -128,6 +135,22 @@ def fit(cfg: TokTrainConfig, rank: int = 0, world: int = 1, device: Optional[tor
     finally:
         stop.restore()
         logger.close()
+
+
+class BadStepsError(OperatorError):
+    pass
+
+
+def _bad_step(tr: TokenizerTrainer, out: Dict[str, float], saved_at: int) -> None:
+    """Report a skipped step; after optim.max_bad_steps in a row stop without saving or exporting."""
+    limit = tr.cfg.optim.max_bad_steps
+    tr.log(f"step {tr.step}: non-finite loss/gradients (loss {out.get('total', float('nan')):.4g}, grad norm "
+           f"{out['grad_norm']:.4g}); update skipped ({tr.bad_run} in a row)")
+    if tr.bad_run >= limit:
+        last = f"step {saved_at}" if saved_at >= 0 else f"the one under {tr.cfg.ckpt_dir}, if any"
+        raise BadStepsError(f"stopping: {tr.bad_run} consecutive steps had non-finite loss or gradients (limit "
+                            f"optim.max_bad_steps={limit}); nothing was exported and the last checkpoint ({last}) is "
+                            f"kept. Try a lower optim.lr, fp32, or check the data and loss.lpips_backbone")
 
 
 def _count_rejects(tr: TokenizerTrainer, bad: List[str]) -> None:
