@@ -207,6 +207,7 @@ class CheckpointConfig:
     verify: str = "hash"            # check files against the marker before loading: "hash" (size + sha256) or "size"
     max_fallback_steps: int = -1    # --resume auto may skip damaged checkpoints back this many steps; -1 = every_steps
     allow_fallback: bool = False    # true: fall back past damaged checkpoints however far (max_fallback_steps ignored)
+    allow_new_tokenizer: bool = False  # true: resume a checkpoint whose meta.json names another tokenizer hash
     stage_dir: str = ""             # node-local staging of an s3:// dir (uploads, downloads); "" = <out_dir>/ckpt_stage
 
     def validate(self) -> None:

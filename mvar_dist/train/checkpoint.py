@@ -68,6 +68,11 @@ def list_checkpoints(root: Path, complete_only: bool = True) -> List[Path]:
     return sorted(out, key=lambda p: int(_STEP_RE.match(p.name).group(1)))
 
 
+def is_marked(folder: Path) -> bool:
+    """Has the completion marker: a finished save, to be loaded or set aside but never deleted."""
+    return (Path(folder) / MARKER).is_file()
+
+
 def latest_checkpoint(root: Path) -> Optional[Path]:
     found = list_checkpoints(root)
     return found[-1] if found else None
@@ -136,6 +141,9 @@ class LocalRoot:
     def names(self) -> List[str]:
         return [p.name for p in list_checkpoints(self.root)]
 
+    def marked_names(self) -> List[str]:
+        return [p.name for p in list_checkpoints(self.root, complete_only=False) if is_marked(p)]
+
     def exists(self, name: str) -> bool:
         return (self.root / name).is_dir()
 
@@ -143,6 +151,8 @@ class LocalRoot:
         return is_complete(self.root / name)
 
     def problem(self, name: str, mode: str) -> Optional[str]:
+        if not (self.root / name / "meta.json").is_file():
+            return "meta.json is missing"
         return mf.verify_folder(self.root / name, mode)
 
     def read_text(self, name: str, rel: str) -> str:
@@ -191,7 +201,7 @@ def _explicit(resume: str, verify: str):
     store = open_root(parent)
     if not store.exists(name):
         raise FileNotFoundError(f"ckpt.resume={resume}: no such checkpoint folder")
-    if not store.is_complete(name):
+    if name not in store.marked_names():
         raise ValueError(f"ckpt.resume={resume}: folder has no {MARKER} marker (an interrupted save); refusing it")
     problem = store.problem(name, verify)
     if problem:
@@ -204,7 +214,7 @@ def _newest_verified(store, verify: str, max_fallback_steps: int, allow_fallback
     """The newest complete folder that verifies; damaged newer ones are reported and set aside."""
     mf.check_mode(verify)
     damaged = []
-    for name in reversed(store.names()):
+    for name in reversed(store.marked_names()):  # a marked folder that lost meta.json is damaged, not absent
         problem = store.problem(name, verify)
         if problem is None:
             break
@@ -299,7 +309,7 @@ class CheckpointWriter:
                 if p.name.startswith(".tmp.") or p.name.startswith(".trash."):
                     shutil.rmtree(p, ignore_errors=True)
             for p in list_checkpoints(self.root, complete_only=False):
-                if not is_complete(p):
+                if not is_marked(p):  # a marked folder missing a file is resume's to set aside, never deleted
                     shutil.rmtree(p, ignore_errors=True)
 
     def tmp_folder(self, step: int) -> Path:
@@ -350,7 +360,9 @@ class CheckpointWriter:
             self.apply_retention()
             return final
         write_text_atomic(tmp / MARKER, text, fsync=True)
-        if final.exists():  # an incomplete leftover with the same name (complete ones are never re-saved)
+        if final.exists() and is_marked(final):  # a damaged finished save (e.g. lost meta.json): keep it
+            set_aside(final)
+        elif final.exists():  # an incomplete leftover with the same name
             shutil.rmtree(final)
         # Not fsio.atomic_path: every rank wrote into this temp folder, so its name is fixed by the
         # step (not this process), and clean_stale removes it if the save died.

@@ -21,6 +21,7 @@ from mvar_dist.config import ConfigError, RunConfig
 from mvar_dist.distributed import destroy_process_group, init_process_group
 from mvar_dist.fsio import write_text_atomic
 from . import checkpoint as ck
+from . import startup
 from .ckpt_sync import agreed_plan, publish_agreed, stage_dir
 from .engine import batch_split, build_engine, engine_dtype, fill_ds_config, oom_message, read_ds_config, \
     repair_after_universal_load, reset_zero3_trace, set_lr_wd
@@ -145,11 +146,12 @@ def train(cfg: RunConfig, ds_config_path: Optional[str] = None, zero_init: str =
     """Train to cfg.optim.max_steps (or epochs); returns the summary (rank 0) or {} (other ranks)."""
     rank, world, device = init_process_group(single_process=True)
     try:
-        run = _setup(cfg, ds_config_path, zero_init, rank, world, device)
-        try:
-            return _loop(run, hooks)
-        finally:
-            run.close()
+        with startup.output_lock(cfg, rank, device):
+            run = _setup(cfg, ds_config_path, zero_init, rank, world, device)
+            try:
+                return _loop(run, hooks)
+            finally:
+                run.close()
     finally:
         destroy_process_group()
 
@@ -173,6 +175,7 @@ def _setup(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: 
     if cfg.log.val_every > 0 and cfg.data.val_fraction > 0:
         val_loader = TokenLoader(LoaderSettings.from_config(cfg, rank, world, split="val", tokenizer_hash=tok_hash,
                                                             global_batch=micro * world))
+    startup.check_num_classes(cfg, loader.manifest.num_classes, cfg.data.shards)
     max_steps = cfg.optim.max_steps or cfg.optim.epochs * loader.steps_per_epoch
 
     # The resume plan comes first: a world-size change needs the universal copy and a config flag at init.
@@ -181,6 +184,7 @@ def _setup(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: 
         writer.clean_stale()
     dist.barrier()
     plan = agreed_plan(cfg, rank, _shape(cfg))
+    startup.check_resume_tokenizer(cfg, plan, tok_hash)
     if plan is not None and plan.universal:
         if rank == 0:
             ck.ensure_universal(plan.folder)
@@ -196,6 +200,7 @@ def _setup(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: 
                wd_mults=wd_mults, num_params=int(model.num_params()),
                flops_per_image=int(model.flops_per_image(train=True)),
                peak_flops=device_peak_flops(device, cfg.optim.precision, cfg.log.peak_tflops), writer=writer)
+    startup.check_space(cfg, rank, device, run.num_params)
     _resume(run, plan)
     _open_logs(run, plan)
     return run

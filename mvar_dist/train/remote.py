@@ -51,6 +51,10 @@ class RemoteRoot:
             steps = [n for n in steps if self.is_complete(n)]
         return steps
 
+    def marked_names(self) -> List[str]:
+        """Step folders with the marker (complete, or damaged: e.g. meta.json lost), oldest first."""
+        return [n for n in self.names(complete_only=False) if self.fs.exists(self._path(n, mf.MARKER))]
+
     def exists(self, name: str) -> bool:
         return self.fs.exists(self._path(name))
 
@@ -66,6 +70,8 @@ class RemoteRoot:
 
     def problem(self, name: str, mode: str) -> Optional[str]:
         """The first file of this folder that does not match its marker (hashes are streamed), or None."""
+        if not self.fs.exists(self._path(name, "meta.json")):
+            return "meta.json is missing"
         try:
             files = mf.parse_marker(self.read_text(name, mf.MARKER))
         except (OSError, ValueError) as e:

@@ -11,6 +11,8 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from mvar_dist.errors import OperatorError
+from mvar_dist.preflight import OutputLock, check_destination, check_free_space
+from mvar_dist.train.startup import rank0_check
 from mvar_dist.train.metrics import append_jsonl, truncate_jsonl
 from mvar_dist.train.signals import StopFlag
 
@@ -20,6 +22,8 @@ from .data import ImageStream, make_loader
 from .trainer import TokenizerTrainer
 
 MAX_REJECT_LINES = 20  # reject reasons printed to the console; all are counted
+# fp32 generator + AdamW m, v + the exported copy in the step folder (the discriminator is counted too).
+CHECKPOINT_BYTES_PER_PARAM = 16
 
 
 class Logger:
@@ -72,13 +76,36 @@ def _group(key: str) -> str:
 
 
 def fit(cfg: TokTrainConfig, rank: int = 0, world: int = 1, device: Optional[torch.device] = None) -> Dict[str, Any]:
-    """Train to cfg.optim.steps (or until SIGTERM / stop_after), saving and exporting; returns a summary."""
+    """Train to cfg.optim.steps (or until SIGTERM / stop_after), saving and exporting; returns a summary.
+
+    Before the first step rank 0 takes <out_dir>/.lock and checks ckpt.dir is writable with room for one
+    checkpoint (startup.py); every rank stops together when it cannot."""
     device = device or torch.device("cpu")
     torch.manual_seed(cfg.seed)
     stream = ImageStream(cfg.data.root, cfg.tokenizer.resolution, cfg.data.hflip, cfg.data.min_side, cfg.seed,
                          cfg.data.s3_endpoint)
     tr = TokenizerTrainer(cfg, rank, world, device)
+    lock = OutputLock(cfg.out_dir, "out_dir")
+
+    def check() -> None:
+        lock.acquire()
+        check_destination(str(cfg.ckpt_dir), "ckpt.dir")
+        n = sum(p.numel() for p in tr.state_dict_params())
+        check_free_space(cfg.ckpt_dir, CHECKPOINT_BYTES_PER_PARAM * n, "ckpt.dir")
+
+    try:
+        rank0_check(rank, device, check)
+        return _fit(tr, stream, cfg, rank, world, device)
+    finally:
+        lock.release()
+
+
+def _fit(tr: TokenizerTrainer, stream: ImageStream, cfg: TokTrainConfig, rank: int, world: int,
+         device: torch.device) -> Dict[str, Any]:
     tr.writer.clean_stale()
+    if rank == 0:
+        for note in S.set_aside_unreadable(cfg.ckpt_dir):
+            tr.log(note)
     S.barrier()
     resumed = tr.resume()
     tr.log(f"tokenizer {tr.vae.extra_repr()} | {sum(p.numel() for p in tr.vae.parameters()) / 1e6:.2f} M params | "

@@ -25,8 +25,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from mvar_dist.distributed import init_process_group
-from mvar_dist.train.checkpoint import (CheckpointWriter, capture_rng, is_complete, latest_checkpoint, load_rng,
-                                        read_meta, restore_rng)
+from mvar_dist.train.checkpoint import (CheckpointWriter, capture_rng, is_complete, is_marked, latest_checkpoint,
+                                        list_checkpoints, load_rng, read_meta, restore_rng, set_aside)
 
 KIND = "var-vqvae-tokenizer-train"
 STATE_FILE = "state.pt"
@@ -109,6 +109,16 @@ def save_checkpoint(writer: CheckpointWriter, step: int, state: Dict[str, Any], 
                                       "config.json": json.dumps(config, indent=1, default=str) + "\n"})
     barrier()
     return final
+
+
+def set_aside_unreadable(root: Path) -> list:
+    """Rank 0, at start: marked folders that lost meta.json are moved out of the way, never deleted."""
+    notes = []
+    for folder in list_checkpoints(root, complete_only=False):
+        if is_marked(folder) and not is_complete(folder):
+            notes.append(f"checkpoint {folder} has its marker but no meta.json: kept (not deleted) as "
+                         f"{set_aside(folder).name}")
+    return notes
 
 
 def find_resume(resume: str, root: Path) -> Optional[Path]:

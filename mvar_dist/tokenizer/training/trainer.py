@@ -284,6 +284,10 @@ class TokenizerTrainer:
         self.log(f"resumed from {folder} at step {self.step}")
         return folder
 
+    def state_dict_params(self) -> List[torch.Tensor]:
+        """The trained tensors a checkpoint holds (generator, and discriminator when on)."""
+        return list(self.vae.parameters()) + (list(self.disc.parameters()) if self.disc is not None else [])
+
     def check_finite(self, what: str) -> None:
         """Every rank holds the same replica, so every rank raises alike (no rank is left in a collective)."""
         check_finite(dict(self.vae.named_parameters()), f"the tokenizer at step {self.step}",
