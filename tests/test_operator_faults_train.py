@@ -132,3 +132,21 @@ def test_damaged_shard_is_an_error_line(shards, tmp_path):
     shard.unlink()
     p = run_train(1, [*BASE, f"data.shards={bad}", f"out_dir={tmp_path / 'o'}", "optim.max_steps=2"])
     _expect_error(p, "shard-00000.parquet", "is missing")
+
+
+def test_pickled_payload_in_ds_state_is_refused_on_resume(finished, tmp_path):
+    import torch
+
+    from test_operator_faults_security import Payload
+
+    run = _copy(finished, tmp_path)
+    step = run / "checkpoints" / "step_00000004"
+    target = next((step / "ds" / "state").glob("*optim_states.pt"))
+    sd = torch.load(target, weights_only=False)
+    sd["extra"] = Payload(tmp_path / "pwned")
+    torch.save(sd, target)
+    _rewrite_meta(step)  # re-sealed: the file list matches, only the content is hostile
+    p = run_train(1, [*BASE, f"data.shards={_shards_of(run)}", f"out_dir={run}", "optim.max_steps=6",
+                      "ckpt.export_dtype=none"])
+    _expect_error(p, "holds pickled objects that are not weights", target.name)
+    assert not (tmp_path / "pwned").exists()
