@@ -111,3 +111,47 @@ def test_exported_safetensors_follow_umask(tmp_path):
 
     assert mode == 0o666 & ~current_umask()
     assert mode & stat.S_IROTH or current_umask() & 0o004
+
+
+def test_second_tokenizer_trainer_on_one_out_dir_is_refused(tmp_path, image_dir, capsys):
+    from mvar_dist.preflight import OutputLock
+
+    out = tmp_path / "run"
+    with OutputLock(out, "out_dir"):
+        rc, cap = _run(TINY + [f"data.root={image_dir}", f"out_dir={out}", "optim.steps=2"], capsys)
+    assert rc == 2 and f"error: out_dir={out} is in use by another job" in cap.err
+    assert not (out / "ckpt").exists() or not list((out / "ckpt").iterdir())
+
+
+def test_tokenizer_trainer_ckpt_dir_not_writable(tmp_path, image_dir, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    rc, cap = _run(TINY + [f"data.root={image_dir}", f"out_dir={tmp_path / 'run'}", f"ckpt.dir={blocker}/ckpt",
+                           "optim.steps=2"], capsys)
+    assert rc == 2 and f"error: ckpt.dir={blocker}/ckpt cannot be written" in cap.err
+
+
+def test_tokenizer_checkpoint_that_lost_meta_json_is_set_aside(tmp_path, image_dir, capsys):
+    out = tmp_path / "run"
+    base = TINY + [f"data.root={image_dir}", f"out_dir={out}", "ckpt.every=2", "ckpt.keep_last=3"]
+    assert _run(base + ["optim.steps=4"], capsys)[0] == 0
+    (out / "ckpt" / "step_00000004" / "meta.json").unlink()
+    rc, cap = _run(base + ["optim.steps=6"], capsys)
+    assert rc == 0 and "has its marker but no meta.json: kept (not deleted) as damaged.step_00000004" in cap.out
+    assert (out / "ckpt" / "damaged.step_00000004" / "state.pt").is_file()
+    assert (out / "ckpt" / "step_00000006" / "COMPLETE").is_file()
+
+
+def test_second_tokenisation_job_on_one_dest_is_refused(tmp_path, image_dir):
+    from mvar_dist.config import load_config
+    from mvar_dist.data_pipeline import TokenizeOptions, VariantSpec, tokenize
+    from mvar_dist.errors import OperatorError
+    from mvar_dist.preflight import OutputLock
+
+    cfg = load_config("mvar_tiny")
+    dest = tmp_path / "shards"
+    opts = TokenizeOptions(source=str(image_dir), dest=str(dest),
+                           variants=VariantSpec(count=1, seed=0, hflip=False, resolution=cfg.tokenizer.resolution,
+                                                min_side=8, non_rgb="convert"))
+    with OutputLock(dest, "--dest"), pytest.raises(OperatorError, match=f"--dest={dest} is in use by another job"):
+        tokenize(cfg.tokenizer, opts, log=lambda s: None)

@@ -150,3 +150,12 @@ def test_pickled_payload_in_ds_state_is_refused_on_resume(finished, tmp_path):
                       "ckpt.export_dtype=none"])
     _expect_error(p, "holds pickled objects that are not weights", target.name)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_token_shards_on_s3_without_credentials(tmp_path, moto_s3):  # noqa: F811
+    endpoint, bucket = moto_s3
+    env = {k: "" for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")}
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"),
+               AWS_EC2_METADATA_DISABLED="true", AWS_ENDPOINT_URL=endpoint)
+    p = run_train(1, [*BASE, f"data.shards=s3://{bucket}/tokens", f"out_dir={tmp_path}"], extra_env=env)
+    _expect_error(p, "no S3 credentials found")
