@@ -50,7 +50,7 @@ def parse(argv):
 
 
 def main(argv=None, hooks=None) -> int:
-    """hooks: an optional JobHooks for the job (tests/pretokenize_killed_after.py).
+    """hooks: an optional JobHooks for the job (tests/helpers/pretokenize_killed_after.py).
 
     Expected failures print one `error:` line and return 2 (mvar_dist/errors.py)."""
     from mvar_dist.errors import run_cli

@@ -76,7 +76,7 @@ class JobHooks:
 
     shard_written(dest, written, pending): after each shard this run writes (file and completion
     record); `written` counts them, `pending` lists this run's shard plans in writing order.
-    The interruption test kills the driver from here (tests/pretokenize_killed_after.py)."""
+    The interruption test kills the driver from here (tests/helpers/pretokenize_killed_after.py)."""
 
     shard_written: Callable[[Destination, int, List[ShardPlan]], None] = _no_op
 

@@ -68,8 +68,8 @@ def _has_cuda() -> bool:
 
 def watch_tokenizers(a) -> int:
     """The tokenizer kind: each complete tokenizer step folder under --roots is evaluated once."""
-    from mvar_dist.tokenizer.evaluation.evaluate import TokEvalOptions
-    from mvar_dist.tokenizer.evaluation.service import TokenizerEvalService
+    from mvar_dist.eval.tokenizer.evaluate import TokEvalOptions
+    from mvar_dist.eval.tokenizer.service import TokenizerEvalService
 
     opts = TokEvalOptions(images=a.images or "", lpips_vgg=a.lpips_vgg, inception_weights=a.inception_weights or "",
                           batch_size=a.batch_size or 16, device=a.device)

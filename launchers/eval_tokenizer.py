@@ -58,9 +58,9 @@ def _main(argv) -> int:
     import torch
 
     from mvar_dist.eval.inception import InceptionWeightsError
-    from mvar_dist.tokenizer.evaluation.evaluate import TokEvalOptions, evaluate_tokenizer, load_tokenizer
-    from mvar_dist.tokenizer.evaluation.results import TokenizerResultsTable
-    from mvar_dist.tokenizer.evaluation.service import TokenizerEvalService
+    from mvar_dist.eval.tokenizer.evaluate import TokEvalOptions, evaluate_tokenizer, load_tokenizer
+    from mvar_dist.eval.tokenizer.results import TokenizerResultsTable
+    from mvar_dist.eval.tokenizer.service import TokenizerEvalService
 
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     opts = TokEvalOptions(images=a.images, lpips_vgg=a.lpips_vgg, lpips_lin=a.lpips_lin,

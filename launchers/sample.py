@@ -21,7 +21,8 @@ def cmd_sample(a) -> int:
     import torch
 
     from mvar_dist.distributed import destroy_process_group, init_process_group
-    from mvar_dist.eval.checkpoints import load_run_config, sampler_for
+    from mvar_dist.eval.checkpoints import sampler_for
+    from mvar_dist.runs.generator import load_run_config
     from mvar_dist.eval.npz import pack_folder
     from mvar_dist.eval.sampling import SamplePlan, generate_samples
 

@@ -33,7 +33,7 @@ def parse_args(argv):
 
 
 def main(argv=None, hooks=None) -> int:
-    """hooks: an optional mvar_dist.train.loop.TrainHooks (fault drills, see tests/train_with_nan_steps.py).
+    """hooks: an optional mvar_dist.train.loop.TrainHooks (fault drills, see tests/helpers/train_with_nan_steps.py).
 
     Expected failures print one `error:` line and return 2 (mvar_dist/errors.py; --debug shows the traceback)."""
     from mvar_dist.errors import run_cli

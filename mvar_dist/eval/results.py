@@ -18,6 +18,8 @@ from typing import Dict, List, Optional
 
 from mvar_dist.fsio import atomic_path
 
+from .registry import METRIC_COLUMNS
+
 RESULTS_NAME = "eval_results.csv"
 METRICS_VERSION = "mvar_dist-eval-1"  # bump when a metric's definition changes: old rows stop matching
 
@@ -54,7 +56,6 @@ class Protocol:
 
 
 PROTOCOL_COLUMNS = [f.name for f in fields(Protocol)] + ["num_samples"]
-METRIC_COLUMNS = ["fid", "sfid", "inception_score", "precision", "recall"]
 COLUMNS = (["checkpoint_id", "protocol_hash", "run", "step", "status", "note"] + METRIC_COLUMNS
            + PROTOCOL_COLUMNS + ["model_sha256", "sample_dir", "wall_s", "created"])
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -56,14 +56,16 @@ def _fill(section: Dict[str, Any], key: str, value: Any, what: str) -> None:
                                        f"set it to \"auto\" or change the run config")
 
 
-def fill_ds_config(template: Dict[str, Any], cfg: RunConfig, world_size: int, load_universal: bool = False
-                   ) -> Dict[str, Any]:
-    """The DeepSpeed config for this run with every "auto" resolved (the template is not modified)."""
+def fill_ds_config(template: Dict[str, Any], cfg: RunConfig, world_size: int, load_universal: bool = False,
+                   split: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
+    """The DeepSpeed config for this run with every "auto" resolved (the template is not modified).
+
+    split: the trainer's (micro batch, accumulation steps) from batch_split; computed here when absent."""
     ds = copy.deepcopy(template)
     if "optimizer" in ds or "scheduler" in ds:
         raise ConfigError("ds_config", "remove 'optimizer'/'scheduler' from the DeepSpeed config: the trainer builds "
                                        "AdamW with the official no-weight-decay groups and sets lr/wd every step")
-    micro, accum = batch_split(cfg.optim.global_batch, cfg.optim.micro_batch, world_size)
+    micro, accum = split or batch_split(cfg.optim.global_batch, cfg.optim.micro_batch, world_size)
     _fill(ds, "train_batch_size", cfg.optim.global_batch, "optim.global_batch")
     _fill(ds, "train_micro_batch_size_per_gpu", micro, "micro batch")
     _fill(ds, "gradient_accumulation_steps", accum, "gradient accumulation steps")

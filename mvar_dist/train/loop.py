@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from mvar_dist.config import ConfigError, RunConfig
-from mvar_dist.distributed import destroy_process_group, init_process_group
+from mvar_dist.distributed import all_reduce_, destroy_process_group, init_process_group
 from mvar_dist.fsio import write_text_atomic
 from . import checkpoint as ck
 from . import safe_load, startup
@@ -47,15 +47,10 @@ class TrainHooks:
     loss(step, loss) -> loss: called on each micro batch's loss before backward, with the 1-based
     optimizer step it belongs to. Fault drills use it to make chosen steps' losses NaN.
     before_upload(step, rank): called before a rank uploads its checkpoint files to an s3:// ckpt.dir;
-    raising there is a failed upload (the fault drill of tests/train_with_failed_upload.py)."""
+    raising there is a failed upload (the fault drill of tests/helpers/train_with_failed_upload.py)."""
 
     loss: Callable[[int, torch.Tensor], torch.Tensor] = _unchanged_loss
     before_upload: Optional[Callable[[int, int], None]] = None
-
-
-def _all_reduce(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
-    dist.all_reduce(t, op=op)
-    return t
 
 
 def drop_labels(labels_B: torch.Tensor, num_classes: int, p: float, seed: int, step: int, offset: int,
@@ -161,7 +156,7 @@ def _setup(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: 
            device: torch.device) -> _Run:
     """Tokenizer, data, resume plan, engine (with the resumed state) and the writers."""
     from mvar_dist.data import LoaderSettings, TokenLoader
-    from mvar_dist.tokenizer import MultiScaleVQVAE
+    from mvar_dist.vqvae import MultiScaleVQVAE
 
     micro, accum = batch_split(cfg.optim.global_batch, cfg.optim.micro_batch, world)
     if cfg.optim.precision == "fp16" and device.type != "cuda":
@@ -190,7 +185,8 @@ def _setup(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: 
             safe_load.check_state_files(plan.folder / ck.DS_DIR / ck.DS_TAG)  # before the converter unpickles it
             ck.ensure_universal(plan.folder)
         dist.barrier()
-    ds_config = fill_ds_config(read_ds_config(ds_config_path), cfg, world, load_universal=bool(plan and plan.universal))
+    ds_config = fill_ds_config(read_ds_config(ds_config_path), cfg, world, load_universal=bool(plan and plan.universal),
+                               split=(micro, accum))
 
     big = cfg.model.width >= 1536  # d24 and up: never materialise the full model per rank
     model = _build_model(cfg, ds_config, zero_init == "on" or (zero_init == "auto" and big and world > 1))
@@ -291,7 +287,7 @@ def _forever(loader) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _any_rank(flag: bool, device: torch.device) -> bool:
-    return _all_reduce(torch.tensor([float(flag)], device=device), dist.ReduceOp.MAX).item() > 0
+    return all_reduce_(torch.tensor([float(flag)], device=device), dist.ReduceOp.MAX).item() > 0
 
 
 def _forward_backward(run: _Run, labels_B: torch.Tensor, tokens_BL: torch.Tensor,
@@ -320,7 +316,7 @@ def _forward_backward(run: _Run, labels_B: torch.Tensor, tokens_BL: torch.Tensor
             local_loss += float(loss.detach()) / run.accum
     except torch.OutOfMemoryError as e:
         raise ConfigError("optim.micro_batch", oom_message(cfg, run.micro)) from e
-    return _all_reduce(sums), _all_reduce(fingerprint), local_loss
+    return all_reduce_(sums), all_reduce_(fingerprint), local_loss
 
 
 def _record_step(run: _Run, sums: torch.Tensor, fingerprint: torch.Tensor, local_loss: float, lr: float,
@@ -456,7 +452,7 @@ def evaluate(engine, vae, val_loader, patch_nums, micro: int, dtype, device) -> 
             logits_BLV = engine(labels_B[sl], teacher_BLC[sl])
             ce_BL, _ = token_losses(logits_BLV, tokens_BL[sl])
             sums += scale_sums(ce_BL, logits_BLV, tokens_BL[sl], patch_nums)
-    _all_reduce(sums)
+    all_reduce_(sums)
     engine.train()
     reset_zero3_trace(engine)
     out = summarize(sums, patch_nums)

@@ -18,7 +18,7 @@ from mvar_dist.errors import OperatorError
 from mvar_dist.preflight import OutputLock, check_destination, check_free_space
 from . import checkpoint as ck
 from .ckpt_sync import stage_dir
-from .remote import is_remote
+from mvar_dist.runs.storage import is_remote
 
 # ZeRO-3 bf16 checkpoint: fp32 master + Adam m, v (12 B) + the bf16 module state (2 B) + model.safetensors (2 B).
 CHECKPOINT_BYTES_PER_PARAM = 16
