@@ -6,6 +6,7 @@ finished first, on how many workers there were, or on where an earlier run was i
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -100,8 +101,12 @@ def load_driver_tokenizer(tok_cfg):
     path = tok_cfg.checkpoint
     if path and not os.path.isfile(path):
         raise FileNotFoundError(f"tokenizer checkpoint {path!r} does not exist")
+    from mvar_dist.errors import OperatorError
+
     try:
         return build_tokenizer(_tok_dict(tok_cfg))
+    except OperatorError:
+        raise  # already names the file and what to do (e.g. non-finite weights)
     except Exception as e:
         what = f"tokenizer checkpoint {path!r}" if path else "tokenizer"
         raise ValueError(f"{what} does not load with tokenizer config (vocab_size={tok_cfg.vocab_size}, ch={tok_cfg.ch}, "
@@ -125,6 +130,14 @@ def tokenize(tok_cfg, opts: TokenizeOptions, log=print, hooks: JobHooks = JobHoo
         listing.refs = listing.refs[:opts.limit]
     dest = Destination(opts.dest, opts.s3_endpoint)
     dest.check_writable()
+    from mvar_dist.preflight import OutputLock
+
+    # Two jobs on one local destination would replace each other's shards and manifest.
+    with (OutputLock(dest.root, "--dest") if dest.local else contextlib.nullcontext()):
+        return _tokenize_into(dest, listing, tok_cfg, opts, log, hooks)
+
+
+def _tokenize_into(dest: "Destination", listing, tok_cfg, opts: TokenizeOptions, log, hooks: JobHooks) -> str:
     vae = load_driver_tokenizer(tok_cfg)
     tok_info = {"hash": vae.weights_hash(), "random_weights": not tok_cfg.checkpoint, "vocab_size": tok_cfg.vocab_size,
                 "ch": tok_cfg.ch, "ch_mult": list(tok_cfg.ch_mult), "z_channels": tok_cfg.z_channels,

@@ -12,6 +12,7 @@ Layouts understood:
 """
 from __future__ import annotations
 
+import os
 import posixpath
 import tarfile
 from dataclasses import dataclass
@@ -75,13 +76,28 @@ def _list_folder(fs, base: str, class_dirs: List[str]) -> Listing:
     refs, skipped = [], 0
     class_names = [posixpath.basename(d.rstrip("/")) for d in class_dirs]
     for label, d in enumerate(class_dirs):
-        for path in sorted(fs.find(d)):
+        for path, info in sorted(_find_files(fs, d).items()):
             rel = posixpath.relpath(path, base)
-            if not _is_image(path) or any(part.startswith(".") for part in rel.split("/")):
-                skipped += 1    # hidden files (e.g. a writer's temp files) and non-images, like ImageFolder
+            if not _is_image(path) or any(part.startswith(".") for part in rel.split("/")) or info["type"] != "file":
+                # hidden files (a writer's temps), non-images like ImageFolder, and non-regular files: a FIFO
+                # or device named *.png would block the reader forever
+                skipped += 1
                 continue
             refs.append(ImageRef(rel, label, full_uri(fs, path)))
     return Listing(refs, class_names, "", skipped)
+
+
+def _find_files(fs, folder: str) -> Dict[str, dict]:
+    """{path: info} of everything below folder that is not a directory. Locally a folder that cannot be
+    read is an error (fsspec's walk would skip it, silently dropping a whole class)."""
+    if is_local(fs):
+        def fail(err: OSError) -> None:
+            raise ValueError(f"input folder {err.filename} cannot be read ({err.strerror}): its images would be "
+                             f"silently missing; fix its permissions or move it out of the input") from err
+
+        for _ in os.walk(folder, onerror=fail):
+            pass
+    return {p: info for p, info in fs.find(folder, detail=True).items() if info["type"] != "directory"}
 
 
 def _tar_members(fs, tar_path: str) -> List[Tuple[str, int, int]]:

@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from mvar_dist.config.numbers import cli_number
+
 from .memory import MemoryPlan, PlanError, PlanSettings, make_plan
 from .shapes import build_meta_model, shapes_of, tokenizer_param_count
 
@@ -12,18 +14,18 @@ from .shapes import build_meta_model, shapes_of, tokenizer_param_count
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="preset name or YAML path (e.g. mvar_d30)")
     p.add_argument("overrides", nargs="*", help="dotted config overrides such as optim.global_batch=512")
-    p.add_argument("--gpus", type=int, required=True, help="number of GPUs (ZeRO-3 world size)")
-    p.add_argument("--gpu-mem-gib", type=float, required=True, help="memory per GPU in GiB (e.g. 80)")
-    p.add_argument("--micro-batch", type=int, default=0,
+    p.add_argument("--gpus", type=cli_number(int, lo=0, lo_open=True), required=True, help="number of GPUs (ZeRO-3 world size)")
+    p.add_argument("--gpu-mem-gib", type=cli_number(float, lo=0, lo_open=True), required=True, help="memory per GPU in GiB (e.g. 80)")
+    p.add_argument("--micro-batch", type=cli_number(int, lo=0), default=0,
                    help="images per GPU per forward; default: the config's, else the largest that fits")
     p.add_argument("--act-checkpoint", choices=("auto", "on", "off"), default="auto",
                    help="activation checkpointing; auto = off if the micro batch fits without it")
-    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation for the step time")
-    p.add_argument("--peak-tflops", type=float, default=312.0,
+    p.add_argument("--mfu", type=cli_number(float, lo=0, hi=1, lo_open=True), default=0.4, help="model FLOPs utilisation for the step time")
+    p.add_argument("--peak-tflops", type=cli_number(float, lo=0, lo_open=True), default=312.0,
                    help="dense bf16 peak per GPU in TFLOP/s (A100 312, H100/H200 989)")
-    p.add_argument("--headroom", type=float, default=0.10,
+    p.add_argument("--headroom", type=cli_number(float, lo=0, hi=1, hi_open=True), default=0.10,
                    help="fraction of GPU memory kept free for allocator fragmentation")
-    p.add_argument("--reserve-gib", type=float, default=1.5, help="CUDA context + NCCL + workspace, GiB")
+    p.add_argument("--reserve-gib", type=cli_number(float, lo=0), default=1.5, help="CUDA context + NCCL + workspace, GiB")
     p.add_argument("--ops", choices=("kernel", "reference"), default="kernel",
                    help="whose saved tensors to count: GPU kernels (flash attention, mamba-ssm) or the torch "
                         "reference ops (no mamba-ssm installed / CPU)")
