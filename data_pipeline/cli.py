@@ -22,8 +22,8 @@ def parse(argv):
     p.add_argument("--variants", type=int, help="crop/flip variants per image (default data.variants)")
     p.add_argument("--seed", type=int, help="variant seed (default the config's seed)")
     p.add_argument("--hflip", action="store_true", default=None, help="allow horizontal flips in variants >= 1")
-    p.add_argument("--order-seed", type=int,
-                   help="seed of the permutation that deals images to shards (default the config's seed)")
+    p.add_argument("--order-seed", type=int, default=0,
+                   help="seed of the permutation that deals images to shards (class-mixed shards)")
     p.add_argument("--images-per-shard", type=int, default=1000)
     p.add_argument("--row-group-size", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=32, help="crops per encoder call")
@@ -75,7 +75,7 @@ def main(argv=None, hooks=None) -> int:
         images_per_shard=a.images_per_shard, row_group_size=a.row_group_size, batch_size=a.batch_size,
         num_actors=a.num_actors, actor_cpus=a.actor_cpus, read_cpus=a.read_cpus, num_gpus=a.num_gpus, tf32=a.tf32,
         s3_endpoint=a.s3_endpoint, overwrite=a.overwrite, check_sha=not a.no_check_sha,
-        progress_every=a.progress_every, limit=a.limit, order_seed=cfg.seed if a.order_seed is None else a.order_seed)
+        progress_every=a.progress_every, limit=a.limit, order_seed=a.order_seed)
     if not opts.source or not opts.dest:
         print("error: give --source and --dest (or data.image_root / data.shards in the config)", file=sys.stderr)
         return 2

@@ -289,7 +289,6 @@ def run_tokenize(cfg, source: Optional[str] = None, dest: Optional[str] = None, 
     if not src or not dst:
         raise ValueError("set data.image_root and data.shards (or pass source= and dest=)")
     t0 = time.time()
-    options.setdefault("order_seed", cfg.seed)
     uri = tokenize(cfg.tokenizer, TokenizeOptions(source=src, dest=dst, variants=spec, **options), log=log)
     log(f"[tokenize] finished in {time.time() - t0:.1f}s")
     return uri
