@@ -161,7 +161,7 @@ class OptimConfig:
     alng: float = 1e-3              # init multiplier of the AdaLN gamma rows
     aln: float = 0.5                # init multiplier of the other AdaLN rows
     label_smoothing: float = 0.0    # cross-entropy label smoothing
-    precision: str = "bf16"         # "bf16", "fp16" (with loss scaling) or "fp32"
+    precision: str = "bf16"         # "bf16" (bf16 weights), "bf16-autocast" (fp32 weights, bf16 autocast), "fp16" (DeepSpeed fp16 weights + loss scaling) or "fp32"
     max_bad_steps: int = 10         # stop after this many consecutive skipped (NaN/Inf) steps
 
     def resolve(self) -> "OptimConfig":
@@ -179,7 +179,7 @@ class OptimConfig:
         _positive("optim.global_batch", self.global_batch)
         _positive("optim.epochs", self.epochs)
         _one_of("optim.sche", self.sche, ("lin0", "cos"))
-        _one_of("optim.precision", self.precision, ("bf16", "fp16", "fp32"))
+        _one_of("optim.precision", self.precision, ("bf16", "bf16-autocast", "fp16", "fp32"))
         if self.tblr <= 0:
             raise ConfigError("optim.tblr", f"must be > 0, got {self.tblr}")
         if self.micro_batch < 0 or (self.micro_batch and self.global_batch % self.micro_batch):

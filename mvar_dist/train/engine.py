@@ -71,6 +71,14 @@ def fill_ds_config(template: Dict[str, Any], cfg: RunConfig, world_size: int, lo
     for name in ("bf16", "fp16"):
         sec = ds.setdefault(name, {})
         _fill(sec, "enabled", cfg.optim.precision == name, f"optim.precision ({cfg.optim.precision})")
+    # fp32 weights, bf16 compute: DeepSpeed wraps the module's forward in torch.autocast. An empty
+    # lower_precision_safe_modules keeps every gradient's reduce-scatter in fp32 (DeepSpeed's default
+    # list would reduce Linear/Conv gradients in bf16).
+    auto = ds.setdefault("torch_autocast", {})
+    _fill(auto, "enabled", cfg.optim.precision == "bf16-autocast", f"optim.precision ({cfg.optim.precision})")
+    _fill(auto, "dtype", "bfloat16", "the autocast dtype")
+    if not auto["enabled"]:
+        ds.pop("torch_autocast")
     zero = ds.setdefault("zero_optimization", {})
     if zero.get("stage", 3) != 3:
         raise ConfigError("ds_config", f"zero_optimization.stage is {zero.get('stage')}; this trainer is built for ZeRO-3")
@@ -129,7 +137,8 @@ def build_engine(model: torch.nn.Module, cfg: RunConfig, ds_config: Dict[str, An
 
 
 def engine_dtype(cfg: RunConfig) -> torch.dtype:
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.optim.precision]
+    """dtype of the weights the forward sees (autocast modes keep fp32 weights and cast per op)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.optim.precision, torch.float32)
 
 
 def oom_message(cfg: RunConfig, micro: int) -> str:
