@@ -161,7 +161,7 @@ class OptimConfig:
     alng: float = 1e-3              # init multiplier of the AdaLN gamma rows
     aln: float = 0.5                # init multiplier of the other AdaLN rows
     label_smoothing: float = 0.0    # cross-entropy label smoothing
-    precision: str = "bf16"         # "bf16" (bf16 weights), "bf16-autocast" (fp32 weights, bf16 autocast), "fp16" (DeepSpeed fp16 weights + loss scaling) or "fp32"
+    precision: str = "bf16"         # "bf16" (bf16 weights), "bf16-autocast" (fp32 weights, bf16 autocast), "fp16" (official AMP: fp32 weights, fp16 autocast, dynamic loss scale) or "fp32"
     max_bad_steps: int = 10         # stop after this many consecutive skipped (NaN/Inf) steps
 
     def resolve(self) -> "OptimConfig":
