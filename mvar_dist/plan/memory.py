@@ -23,7 +23,8 @@ from .shapes import ModelShapes
 
 GIB = 1024 ** 3
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "bf16-autocast": 2}     # activations
-WEIGHT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "bf16-autocast": 4}    # the working weights
+WEIGHT_BYTES = {"bf16": 2, "fp16": 4, "fp32": 4, "bf16-autocast": 4}    # the working weights (fp16 = AMP: fp32)
+AUTOCAST = ("fp16", "bf16-autocast")                                    # modes under torch.autocast
 
 
 class PlanError(ValueError):
@@ -75,9 +76,9 @@ def zero3_buffer_bytes(s: ModelShapes, precision: str = "bf16", world: int = 2) 
     """Gathered parameters (largest module + prefetch bucket, 0.9 width^2) and gradient buffers
     (largest module's full gradient + reduce bucket, width^2), in the training dtype; the trainer's
     engine.py fills the buckets with these sizes. One rank gathers nothing it does not already hold.
-    Gradients are reduced in fp32 (configs/zero3.json communication_data_type). bf16-autocast adds
-    torch.autocast's cache: a bf16 copy of every weight the forward used, held until the forward ends."""
-    cache = {"autocast_cache": 2.0 * s.num_params} if precision == "bf16-autocast" else {}
+    Gradients are reduced in fp32 (configs/zero3.json communication_data_type). The autocast modes
+    add torch.autocast's cache: a 16-bit copy of every weight the forward used, held until it ends."""
+    cache = {"autocast_cache": 2.0 * s.num_params} if precision in AUTOCAST else {}
     if world == 1:
         return {"gathered_params": 0.0, "grad_buckets": 0.0, **cache}
     h2 = s.width * s.width
