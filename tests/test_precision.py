@@ -29,6 +29,15 @@ def test_filled_config_per_mode_reduces_and_accumulates_in_fp32(mode):
     assert engine_dtype(cfg) == (torch.bfloat16 if mode == "bf16" else torch.float32)
 
 
+def test_a_user_ds_config_without_dtypes_gets_fp32_reduction():
+    cfg = load_config("mvar_tiny", ["optim.precision=bf16"])
+    tpl = {k: v for k, v in read_ds_config(None).items() if k not in ("communication_data_type", "data_types")}
+    ds = fill_ds_config(tpl, cfg, world_size=2)
+    assert ds["communication_data_type"] == "fp32" and ds["data_types"] == {"grad_accum_dtype": "fp32"}
+    explicit = fill_ds_config({**tpl, "communication_data_type": "bf16"}, cfg, world_size=2)
+    assert explicit["communication_data_type"] == "bf16"      # an explicit choice is kept
+
+
 def test_a_contradicting_ds_config_is_refused():
     cfg = load_config("mvar_tiny", ["optim.precision=fp16"])
     with pytest.raises(ConfigError, match="not fp16 weights"):

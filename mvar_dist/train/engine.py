@@ -71,6 +71,10 @@ def fill_ds_config(template: Dict[str, Any], cfg: RunConfig, world_size: int, lo
     _fill(ds, "gradient_accumulation_steps", accum, "gradient accumulation steps")
     _fill(ds, "gradient_clipping", float(cfg.optim.clip), "optim.clip")
     _fill_precision(ds, cfg.optim.precision)
+    # fp32 gradient reduce-scatter and accumulation unless the JSON says otherwise: DeepSpeed's default
+    # is the weights' dtype, i.e. bf16 gradient sums in `bf16` runs.
+    ds.setdefault("communication_data_type", "fp32")
+    ds.setdefault("data_types", {}).setdefault("grad_accum_dtype", "fp32")
     zero = ds.setdefault("zero_optimization", {})
     if zero.get("stage", 3) != 3:
         raise ConfigError("ds_config", f"zero_optimization.stage is {zero.get('stage')}; this trainer is built for ZeRO-3")
