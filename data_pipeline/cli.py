@@ -24,6 +24,8 @@ def parse(argv):
     p.add_argument("--variants", type=cli_number(int, lo=0, lo_open=True), help="crop/flip variants per image (default data.variants)")
     p.add_argument("--seed", type=int, help="variant seed (default the config's seed)")
     p.add_argument("--hflip", action="store_true", default=None, help="allow horizontal flips in variants >= 1")
+    p.add_argument("--order-seed", type=int, default=0,
+                   help="seed of the permutation that deals images to shards (class-mixed shards)")
     p.add_argument("--images-per-shard", type=cli_number(int, lo=0, lo_open=True), default=1000)
     p.add_argument("--row-group-size", type=cli_number(int, lo=0, lo_open=True), default=1024)
     p.add_argument("--batch-size", type=cli_number(int, lo=0, lo_open=True), default=32, help="crops per encoder call")
@@ -83,7 +85,7 @@ def _main(argv, hooks) -> int:
         images_per_shard=a.images_per_shard, row_group_size=a.row_group_size, batch_size=a.batch_size,
         num_actors=a.num_actors, actor_cpus=a.actor_cpus, read_cpus=a.read_cpus, num_gpus=a.num_gpus, tf32=a.tf32,
         s3_endpoint=a.s3_endpoint, overwrite=a.overwrite, check_sha=not a.no_check_sha,
-        progress_every=a.progress_every, limit=a.limit)
+        progress_every=a.progress_every, limit=a.limit, order_seed=a.order_seed)
     if not opts.source or not opts.dest:
         print("error: give --source and --dest (or data.image_root / data.shards in the config)", file=sys.stderr)
         return 2

@@ -1,7 +1,9 @@
 """Input listing: ImageFolder directories, uncompressed tar shards, local or s3://.
 
 Every input becomes an `ImageRef` (stable id, label, where its bytes are). The listing is sorted,
-so the plan (which image lands in which shard) is a pure function of the input tree.
+then dealt (`deal`): permuted with a seeded permutation of the whole listing, so the plan (which
+image lands in which shard) is a pure function of the input tree and the order seed, and the shards
+are class-mixed although every layout below lists images class by class.
 
 Layouts understood:
   * ImageFolder: `<root>/<class>/<...>/<file>.<img ext>`; if `<root>/train` exists it is used
@@ -12,12 +14,14 @@ Layouts understood:
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from mvar_dist.data.shards import ORDER_SCHEME, deal_permutation
 from mvar_dist.fsio import is_local, open_fs as _open_fs
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -38,6 +42,16 @@ class Listing:
     class_names: List[str]
     source: str                 # the input location as given (never carries credentials)
     skipped: int = 0            # files ignored because they are not images by extension
+    order: Dict[str, object] = field(default_factory=dict)  # how refs were dealt (Manifest.order); {} = sorted
+
+
+def deal(listing: Listing, seed: int) -> Listing:
+    """The listing in ORDER_SCHEME order (seeded permutation of every image); records the order."""
+    perm = deal_permutation(len(listing.refs), seed)
+    refs = [listing.refs[i] for i in perm]
+    digest = hashlib.sha256("\n".join(r.image_id for r in refs).encode()).hexdigest()
+    order = {"scheme": ORDER_SCHEME, "seed": int(seed), "order_sha256": digest}
+    return Listing(refs, listing.class_names, listing.source, listing.skipped, order)
 
 
 def open_fs(uri: str, s3_endpoint: Optional[str] = None):

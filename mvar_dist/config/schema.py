@@ -164,7 +164,7 @@ class OptimConfig:
     alng: float = 1e-3              # init multiplier of the AdaLN gamma rows
     aln: float = 0.5                # init multiplier of the other AdaLN rows
     label_smoothing: float = 0.0    # cross-entropy label smoothing
-    precision: str = "bf16"         # "bf16", "fp16" (with loss scaling) or "fp32"
+    precision: str = "bf16"         # "bf16" (bf16 weights), "bf16-autocast" (fp32 weights, bf16 autocast), "fp16" (official AMP: fp32 weights, fp16 autocast, dynamic loss scale) or "fp32"
     max_bad_steps: int = 10         # stop after this many consecutive skipped (NaN/Inf) steps
 
     def resolve(self) -> "OptimConfig":
@@ -186,7 +186,7 @@ class OptimConfig:
         non_negative("optim.label_smoothing", self.label_smoothing)
         _positive("optim.max_bad_steps", self.max_bad_steps)
         _one_of("optim.sche", self.sche, ("lin0", "cos"))
-        _one_of("optim.precision", self.precision, ("bf16", "fp16", "fp32"))
+        _one_of("optim.precision", self.precision, ("bf16", "bf16-autocast", "fp16", "fp32"))
         if self.tblr <= 0:
             raise ConfigError("optim.tblr", f"must be > 0, got {self.tblr}")
         if self.micro_batch < 0 or (self.micro_batch and self.global_batch % self.micro_batch):

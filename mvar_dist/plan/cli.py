@@ -60,9 +60,10 @@ def plan_from_args(a: argparse.Namespace) -> MemoryPlan:
 
 
 _LABELS = {
-    "params": "params (bf16, 1/N)", "grads": "grads (bf16, 1/N)", "master_fp32": "fp32 master weights (1/N)",
+    "params": "params (bf16, 1/N)", "grads": "grads (fp32 accumulation, 1/N)", "master_fp32": "fp32 master weights (1/N)",
     "adam_states": "AdamW exp_avg + exp_avg_sq (fp32, 1/N)", "gathered_params": "ZeRO-3 gathered params + prefetch",
-    "grad_buckets": "ZeRO-3 gradient buffers", "tokenizer": "VQVAE tokenizer (fp32, whole)",
+    "grad_buckets": "ZeRO-3 gradient buffers (fp32 reduce)",
+    "autocast_cache": "autocast 16-bit weight copies (whole model)", "tokenizer": "VQVAE tokenizer (fp32, whole)",
     "activations_saved": "activations saved (x micro batch)",
     "backward_peak_extra": "backward peak: logits / recompute (x micro)", "reserve": "CUDA context + NCCL reserve",
 }
@@ -76,7 +77,7 @@ def format_plan(p: MemoryPlan) -> str:
     for k, v in p.per_rank_gib.items():
         label = _LABELS.get(k, k)
         if dt != "bf16":
-            label = label.replace("bf16", dt)
+            label = label.replace("bf16", "fp32" if dt in ("fp16", "bf16-autocast") else dt)
         lines.append(f"{label:<48}{v:>10.2f}")
     lines += ["-" * 58, f"{'total':<48}{p.total_gib:>10.2f}",
               f"{'usable (GPU memory minus headroom)':<48}{p.usable_gib:>10.2f}", "",

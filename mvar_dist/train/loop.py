@@ -159,8 +159,6 @@ def _setup(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: 
     from mvar_dist.vqvae import MultiScaleVQVAE
 
     micro, accum = batch_split(cfg.optim.global_batch, cfg.optim.micro_batch, world)
-    if cfg.optim.precision == "fp16" and device.type != "cuda":
-        raise ConfigError("optim.precision", "fp16 (with loss scaling) needs a CUDA device; use bf16 or fp32 on CPU")
 
     # The frozen tokenizer turns token ids into the teacher input on the device.
     vae = MultiScaleVQVAE.from_config(cfg.tokenizer, seed=0).to(device).eval().requires_grad_(False)
