@@ -46,9 +46,8 @@ def is_no_space(err: BaseException) -> bool:
 
 
 def is_expected(err: BaseException) -> bool:
-    from mvar_dist.config.errors import ConfigError
-
-    if isinstance(err, (OperatorError, ConfigError, ValueError, OSError)):
+    # ValueError covers config.errors.ConfigError (a ValueError that names its key).
+    if isinstance(err, (OperatorError, ValueError, OSError)):
         return True
     return any(cls.__name__ in _EXPECTED_NAMES for cls in type(err).__mro__) or is_no_space(err)
 
