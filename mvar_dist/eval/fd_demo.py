@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
+from mvar_dist.config.numbers import cli_number
+
 from mvar_dist.eval.results import KeyedCsvTable, best_per_checkpoint
 
 TABLE_NAME = "fd_demo.csv"
@@ -84,7 +86,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-dir", required=True, help=f"folder of the {TABLE_NAME} table")
     p.add_argument("--judge", default=DEFAULT_JUDGE,
                    help=f"demo classifier file; trained and saved there when absent (default {DEFAULT_JUDGE})")
-    p.add_argument("--per-class", type=int, default=10, help="samples per class (default 10)")
+    p.add_argument("--per-class", type=cli_number(int, lo=0, lo_open=True), default=10, help="samples per class (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", choices=("raw", "ema"), default="raw",
                    help="raw: model.safetensors; ema: model_ema.safetensors (runs trained with ema.enabled)")

@@ -77,6 +77,11 @@ def list_checkpoints(root: Path, complete_only: bool = True) -> List[Path]:
     return sorted(out, key=lambda p: parse_step(p.name))
 
 
+def is_marked(folder: Path) -> bool:
+    """Has the completion marker: a finished save, to be loaded or set aside but never deleted."""
+    return (Path(folder) / MARKER).is_file()
+
+
 def latest_checkpoint(root: Path) -> Optional[Path]:
     found = list_checkpoints(root)
     return found[-1] if found else None

@@ -24,7 +24,7 @@ from typing import Dict, Iterable, List, Optional
 
 from mvar_dist.fsio import open_fs, sha256_file
 from . import manifest as mf
-from .layout import META, is_complete, list_checkpoints, parse_step
+from .layout import META, is_complete, is_marked, list_checkpoints, parse_step
 
 DAMAGED_PREFIX = "damaged."
 
@@ -50,6 +50,9 @@ class LocalRoot:
     def names(self) -> List[str]:
         return [p.name for p in list_checkpoints(self.root)]
 
+    def marked_names(self) -> List[str]:
+        return [p.name for p in list_checkpoints(self.root, complete_only=False) if is_marked(p)]
+
     def exists(self, name: str) -> bool:
         return (self.root / name).is_dir()
 
@@ -57,6 +60,8 @@ class LocalRoot:
         return is_complete(self.root / name)
 
     def problem(self, name: str, mode: str) -> Optional[str]:
+        if not (self.root / name / META).is_file():
+            return f"{META} is missing"
         return mf.verify_folder(self.root / name, mode)
 
     def read_text(self, name: str, rel: str) -> str:
@@ -102,6 +107,10 @@ class RemoteRoot:
             steps = [n for n in steps if self.is_complete(n)]
         return steps
 
+    def marked_names(self) -> List[str]:
+        """Step folders with the marker (complete, or damaged: e.g. meta.json lost), oldest first."""
+        return [n for n in self.names(complete_only=False) if self.fs.exists(self._path(n, mf.MARKER))]
+
     def exists(self, name: str) -> bool:
         return self.fs.exists(self._path(name))
 
@@ -117,6 +126,8 @@ class RemoteRoot:
 
     def problem(self, name: str, mode: str) -> Optional[str]:
         """The first file of this folder that does not match its marker (hashes are streamed), or None."""
+        if not self.fs.exists(self._path(name, "meta.json")):
+            return f"{META} is missing"
         try:
             files = mf.parse_marker(self.read_text(name, mf.MARKER))
         except (OSError, ValueError) as e:

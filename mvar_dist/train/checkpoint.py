@@ -42,10 +42,10 @@ import torch
 
 from mvar_dist.fsio import atomic_path, write_text_atomic
 from mvar_dist.runs import manifest as mf
-from mvar_dist.runs.layout import (is_complete, latest_checkpoint, list_checkpoints, parse_step,  # noqa: F401 (ck.* callers)
-                                   read_meta, step_name, step_of)
+from mvar_dist.runs.layout import (is_complete, is_marked, latest_checkpoint, list_checkpoints,  # noqa: F401 (ck.* callers)
+                                   parse_step, read_meta, step_name, step_of)
 from mvar_dist.runs.manifest import MARKER, CheckpointDamaged
-from mvar_dist.runs.storage import LocalRoot, RemoteRoot, is_remote, open_root
+from mvar_dist.runs.storage import LocalRoot, RemoteRoot, is_remote, open_root, set_aside
 
 DS_DIR = "ds"
 DS_TAG = "state"
@@ -127,7 +127,7 @@ def _explicit(resume: str, verify: str):
     store = open_root(parent)
     if not store.exists(name):
         raise FileNotFoundError(f"ckpt.resume={resume}: no such checkpoint folder")
-    if not store.is_complete(name):
+    if name not in store.marked_names():
         raise ValueError(f"ckpt.resume={resume}: folder has no {MARKER} marker (an interrupted save); refusing it")
     problem = store.problem(name, verify)
     if problem:
@@ -140,7 +140,7 @@ def _newest_verified(store, verify: str, max_fallback_steps: int, allow_fallback
     """The newest complete folder that verifies; damaged newer ones are reported and set aside."""
     mf.check_mode(verify)
     damaged = []
-    for name in reversed(store.names()):
+    for name in reversed(store.marked_names()):  # a marked folder that lost meta.json is damaged, not absent
         problem = store.problem(name, verify)
         if problem is None:
             break
@@ -221,7 +221,7 @@ class CheckpointWriter:
                 if p.name.startswith(".tmp.") or p.name.startswith(".trash."):
                     shutil.rmtree(p, ignore_errors=True)
             for p in list_checkpoints(self.root, complete_only=False):
-                if not is_complete(p):
+                if not is_marked(p):  # a marked folder missing a file is resume's to set aside, never deleted
                     shutil.rmtree(p, ignore_errors=True)
 
     def tmp_folder(self, step: int) -> Path:
@@ -272,7 +272,9 @@ class CheckpointWriter:
             self.apply_retention()
             return final
         write_text_atomic(tmp / MARKER, text, fsync=True)
-        if final.exists():  # an incomplete leftover with the same name (complete ones are never re-saved)
+        if final.exists() and is_marked(final):  # a damaged finished save (e.g. lost meta.json): keep it
+            set_aside(final)
+        elif final.exists():  # an incomplete leftover with the same name
             shutil.rmtree(final)
         # Not fsio.atomic_path: every rank wrote into this temp folder, so its name is fixed by the
         # step (not this process), and clean_stale removes it if the save died.

@@ -22,6 +22,7 @@ from mvar_dist.distributed import all_reduce_, destroy_process_group, init_proce
 from mvar_dist.fsio import write_text_atomic
 from . import checkpoint as ck
 from . import ema as ema_mod
+from . import safe_load, startup
 from .ckpt_sync import agreed_plan, publish_agreed, stage_dir
 from .engine import batch_split, build_engine, engine_dtype, fill_ds_config, oom_message, read_ds_config, \
     repair_after_universal_load, set_lr_wd
@@ -143,11 +144,12 @@ def train(cfg: RunConfig, ds_config_path: Optional[str] = None, zero_init: str =
     """Train to cfg.optim.max_steps (or epochs); returns the summary (rank 0) or {} (other ranks)."""
     rank, world, device = init_process_group(single_process=True)
     try:
-        run = _setup(cfg, ds_config_path, zero_init, rank, world, device)
-        try:
-            return _loop(run, hooks)
-        finally:
-            run.close()
+        with startup.output_lock(cfg, rank, device):
+            run = _setup(cfg, ds_config_path, zero_init, rank, world, device)
+            try:
+                return _loop(run, hooks)
+            finally:
+                run.close()
     finally:
         destroy_process_group()
 
@@ -160,8 +162,6 @@ def _setup(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: 
     from mvar_dist.vqvae import MultiScaleVQVAE
 
     micro, accum = batch_split(cfg.optim.global_batch, cfg.optim.micro_batch, world)
-    if cfg.optim.precision == "fp16" and device.type != "cuda":
-        raise ConfigError("optim.precision", "fp16 (with loss scaling) needs a CUDA device; use bf16 or fp32 on CPU")
 
     # The frozen tokenizer turns token ids into the teacher input on the device.
     vae = MultiScaleVQVAE.from_config(cfg.tokenizer, seed=0).to(device).eval().requires_grad_(False)
@@ -171,6 +171,7 @@ def _setup(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: 
     if cfg.log.val_every > 0 and cfg.data.val_fraction > 0:
         val_loader = TokenLoader(LoaderSettings.from_config(cfg, rank, world, split="val", tokenizer_hash=tok_hash,
                                                             global_batch=micro * world))
+    startup.check_num_classes(cfg, loader.manifest.num_classes, cfg.data.shards)
     max_steps = cfg.optim.max_steps or cfg.optim.epochs * loader.steps_per_epoch
 
     # The resume plan comes first: a world-size change needs the universal copy and a config flag at init.
@@ -179,8 +180,10 @@ def _setup(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: 
         writer.clean_stale()
     dist.barrier()
     plan = agreed_plan(cfg, rank, _shape(cfg))
+    startup.check_resume_tokenizer(cfg, plan, tok_hash)
     if plan is not None and plan.universal:
         if rank == 0:
+            safe_load.check_state_files(plan.folder / ck.DS_DIR / ck.DS_TAG)  # before the converter unpickles it
             ck.ensure_universal(plan.folder)
         dist.barrier()
     ds_config = fill_ds_config(read_ds_config(ds_config_path), cfg, world, load_universal=bool(plan and plan.universal),
@@ -189,12 +192,14 @@ def _setup(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: 
     big = cfg.model.width >= 1536  # d24 and up: never materialise the full model per rank
     model = _build_model(cfg, ds_config, zero_init == "on" or (zero_init == "auto" and big and world > 1))
     engine, wd_mults = build_engine(model, cfg, ds_config)
+    safe_load.install(engine)
     run = _Run(cfg, rank, world, device, micro, accum, vae=vae, tok_hash=tok_hash, loader=loader,
                val_loader=val_loader, max_steps=max_steps,
                sched=Schedule.from_config(cfg.optim, loader.steps_per_epoch, max_steps), engine=engine,
                wd_mults=wd_mults, num_params=int(model.num_params()),
                flops_per_image=int(model.flops_per_image(train=True)),
                peak_flops=device_peak_flops(device, cfg.optim.precision, cfg.log.peak_tflops), writer=writer)
+    startup.check_space(cfg, rank, device, run.num_params)
     _resume(run, plan)
     _open_logs(run, plan)
     run.ema = ema_mod.start(cfg, engine, rank, plan.folder if plan else None, run.metrics.message)
@@ -207,6 +212,7 @@ def _resume(run: _Run, plan: Optional[ck.ResumePlan]) -> None:
     if plan is None:
         torch.manual_seed(cfg.seed * 1009 + rank)
         return
+    safe_load.check_state_files(plan.folder / ck.DS_DIR / plan.tag)
     run.engine.load_checkpoint(str(plan.folder / ck.DS_DIR), tag=plan.tag, load_optimizer_states=True,
                                load_lr_scheduler_states=False, load_module_strict=True)
     if plan.universal:

@@ -14,9 +14,11 @@ from typing import Any, Dict, Mapping, Union
 import torch
 import torch.nn as nn
 
+from mvar_dist.errors import OperatorError
 from mvar_dist.fsio import atomic_path
 
 EMA_KEY = "quantize.ema_vocab_hit_SV"  # usage statistics; its first dim (scale count) may differ
+
 StateDict = Dict[str, torch.Tensor]
 _WRAPPER_KEYS = ("state_dict", "model", "vae", "module")
 
@@ -52,7 +54,19 @@ def read_state_dict(sd_or_path: Union[str, os.PathLike, Mapping[str, Any]]) -> S
     bad = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise ValueError(f"{where}: entries that are not named tensors: {bad[:5]}")
+    check_finite(sd, where)
     return dict(sd)
+
+
+class NonFiniteWeightsError(OperatorError, ValueError):
+    """A weight file holds NaN/Inf values (a diverged run): refused, every token id would be garbage."""
+
+
+def check_finite(sd: Mapping[str, torch.Tensor], where: str,
+                 advice: str = "it comes from a diverged run; use an earlier checkpoint or export") -> None:
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise NonFiniteWeightsError(f"{where} holds NaN/Inf values in {len(bad)} tensor(s) (e.g. {bad[0]}); {advice}")
 
 
 def infer_hparams(sd: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
@@ -130,6 +144,7 @@ def save_official(module: nn.Module, path: Union[str, os.PathLike], hparams: Map
     """Write the official-key state dict atomically: .safetensors (with hparams metadata) or .pth."""
     path = Path(path)
     sd = official_state_dict(module)
+    check_finite(sd, "the tokenizer", f"not writing {path} (a diverged model is never saved or exported)")
     with atomic_path(path, mkdir=True) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mvar_dist.data.shards import MANIFEST_NAME, Manifest, ShardInfo, sha256_bytes, shard_schema, write_bytes_atomic
+from mvar_dist.data.shards import MANIFEST_NAME, ORDER_SCHEME, Manifest, ShardInfo, sha256_bytes, shard_schema, write_bytes_atomic
 
 FAKE_TOKENIZER_HASH = "f" * 64
 
@@ -23,11 +23,13 @@ def image_id(i: int) -> str:
 def write_token_shards(uri: str, num_images: int = 60, variants: int = 2, patch_nums: Sequence[int] = (1, 2, 3, 4),
                        vocab_size: int = 256, images_per_shard: int = 13, rows_per_group: int = 8,
                        num_classes: int = 10, seed: int = 0, tokenizer_hash: str = FAKE_TOKENIZER_HASH,
-                       storage_options: Optional[Dict[str, Any]] = None) -> Manifest:
+                       storage_options: Optional[Dict[str, Any]] = None, class_sorted: bool = False) -> Manifest:
     """Write shards + manifest (last) under a local dir or s3:// prefix; returns the manifest.
 
     An image's variants are written next to each other in descending variant order, so readers
-    cannot rely on rows being sorted by variant."""
+    cannot rely on rows being sorted by variant. Labels go round-robin (image i has class i % num_classes),
+    so shards are class-mixed; `class_sorted` makes them follow a class-by-class listing instead (image i
+    has class i * num_classes // num_images), the layout of datasets written before shards were dealt."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -39,6 +41,10 @@ def write_token_shards(uri: str, num_images: int = 60, variants: int = 2, patch_
     fs, root = resolve_fs(uri, storage_options)
     fs.makedirs(root, exist_ok=True)
     rng = np.random.default_rng(seed)
+
+    def label_of(i: int) -> int:
+        return i * num_classes // num_images if class_sorted else i % num_classes
+
     shards: List[ShardInfo] = []
     for s, first in enumerate(range(0, num_images, images_per_shard)):
         images = range(first, min(first + images_per_shard, num_images))
@@ -49,7 +55,7 @@ def write_token_shards(uri: str, num_images: int = 60, variants: int = 2, patch_
         tokens[:, 2] = [i % vocab_size for i, _ in rows]
         table = pa.table({
             "image_id": pa.array([image_id(i) for i, _ in rows], pa.string()),
-            "label": pa.array([i % num_classes for i, _ in rows], pa.int32()),
+            "label": pa.array([label_of(i) for i, _ in rows], pa.int32()),
             "variant": pa.array([v for _, v in rows], pa.int16()),
             "tokens": pa.FixedSizeListArray.from_arrays(pa.array(tokens.reshape(-1), pa.uint16()), seq_len),
         }, schema=shard_schema(seq_len))
@@ -64,7 +70,8 @@ def write_token_shards(uri: str, num_images: int = 60, variants: int = 2, patch_
         patch_nums=list(patch_nums), resolution=patch_nums[-1] * 16,
         variants={"count": variants, "seed": seed, "hflip": False, "scheme": "synthetic"},
         num_classes=num_classes, shards=shards, num_images=num_images, source="tests/helpers/shard_factory.py",
-        created="2026-01-01T00:00:00Z")
+        created="2026-01-01T00:00:00Z",
+        order={"scheme": "sorted"} if class_sorted else {"scheme": ORDER_SCHEME, "seed": seed, "note": "round-robin labels"})
     write_bytes_atomic(fs, f"{root}/{MANIFEST_NAME}", manifest.to_json().encode())
     return manifest
 

@@ -155,6 +155,8 @@ COVERED: Dict[str, Tuple[Cheap, ...]] = {
     "python launchers/pretokenize.py --config demo --source outputs/demo_data --dest outputs/demo/shards"
     " --num-actors 2": (PRETOK_HELP, config("demo")),
     "python launchers/pretokenize.py --verify --dest outputs/demo/shards": (PRETOK_HELP,),
+    "python launchers/reshard.py --source outputs/old/shards --dest outputs/new/shards":
+        (py("launchers/reshard.py", "--help", expect=("--source", "--work-dir", "--seed")),),
     "ray job submit": (RAY_SUBMIT_HELP,),
     "RAY_AUTH_MODE=token ray job submit --address http://HEAD:8265 -- python /path/to/repo/launchers/pretokenize.py"
     " --config mvar_d16 --source s3://bucket/imagenet/train --dest s3://bucket/tokens/d16-k10 --variants 10"
@@ -243,6 +245,12 @@ COVERED: Dict[str, Tuple[Cheap, ...]] = {
          py(str(REPO / "benchmarks" / "pretokenize.py"), "--help", expect="--skip-job", cwd="tmp")),
     "python benchmarks/eval.py --config mvar_d16 --batch 64 --device cuda":
         (py("benchmarks/eval.py", "--help", expect=("--config", "--batch", "--device"), slow=True),),
+    "python benchmarks/class_mix.py": (py("benchmarks/class_mix.py", "--classes", "100", "--per-class", "50",
+                                          "--batch", "64", "--window", "256", "--per-shard", "40", "--epochs", "1",
+                                          expect=("dealt shards", "sorted shards")),
+                                       py("benchmarks/class_mix.py", "--help", expect=("--classes", "--window"))),
+    "python benchmarks/precision_drift.py": (py("benchmarks/precision_drift.py", "--help",
+                                                expect=("--config", "--steps")),),
     "python benchmarks/ssd.py": (py("benchmarks/ssd.py", "--help", expect="--lengths", slow=True),),
     "python benchmarks/ssd.py --batch 32 --heads 32 --lengths 256,680,1024 --dtype bf16":
         (py("benchmarks/ssd.py", "--help", expect=("--batch", "--heads", "--dtype"), slow=True),),

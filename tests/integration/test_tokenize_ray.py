@@ -75,6 +75,9 @@ def test_local_tokens_equal_img_to_ids_on_the_same_crops(local_run, images, tok_
     from mvar_dist.vqvae import MultiScaleVQVAE
 
     rows = load_rows(str(local_run))
+    assert list(rows["image_id"][::K]) != sorted(rows["image_id"][::K])     # dealt, not listing order
+    by_id = np.lexsort((rows["variant"], rows["image_id"]))
+    rows = {key: val[by_id] for key, val in rows.items()}
     valid = sorted(p.relative_to(images / "train").as_posix() for p in (images / "train").rglob("*.*")
                    if p.relative_to(images / "train").as_posix() not in BAD)
     assert len(rows["tokens"]) == K * len(valid) == K * 41
@@ -90,6 +93,7 @@ def test_local_tokens_equal_img_to_ids_on_the_same_crops(local_run, images, tok_
     assert m["tokenizer"]["hash"] == vae.weights_hash() and m["tokenizer"]["random_weights"] is True
     assert m["patch_nums"] == [1, 2, 3, 4] and m["resolution"] == 64 and m["num_classes"] == 10
     assert m["variants"]["count"] == K and m["variants"]["seed"] == 5 and m["class_names"] == classes
+    assert m["order"]["scheme"] == "pcg64-permutation-v1" and m["order"]["seed"] == 0
     assert len(m["shards"]) == -(-45 // PER_SHARD) and [s["name"] for s in m["shards"]][0] == "shard-00000.parquet"
     assert verify(str(local_run)) == []
 
@@ -203,3 +207,23 @@ def test_errors_before_any_work(images, tok_cfg, tmp_path, moto_s3):  # noqa: F8
         for k in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
             os.environ.pop(k, None)
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_job_deals_a_class_sorted_listing_into_class_mixed_batches(ray_address, tok_cfg, tmp_path):
+    """Acceptance: 100 classes listed class by class; the real job, then the real loader with a window
+    of two shards: batches are near-uniform over classes (a listing-order job gave ~2 classes a shard)."""
+    from mvar_dist.data import LoaderSettings, TokenLoader
+    from mvar_dist.data.mixing import mix_stats
+
+    rng = np.random.default_rng(0)
+    for c in range(100):
+        (tmp_path / "many" / f"c{c:03d}").mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"many/c{c:03d}/{i}.png")
+    dest = tmp_path / "tokens"
+    tokenize(tok_cfg, TokenizeOptions(source=str(tmp_path / "many"), dest=str(dest), batch_size=64, images_per_shard=20,
+                                      variants=VariantSpec(count=1, seed=0, resolution=64), progress_every=1e9))
+    stats = [mix_stats([lab.numpy() for lab, _ in TokenLoader(LoaderSettings(str(dest), 20, seed=s, shuffle_window=40))],
+                       100) for s in (0, 1)]
+    for s in stats:
+        assert s.median_classes >= 0.9 * s.uniform_classes and s.median_steps >= 0.9 * s.uniform_steps, s

@@ -287,7 +287,3 @@ def test_clear_errors_for_bad_input(shards, tmp_path):
     write_token_shards(str(other), num_images=20)
     p = run_train(1, ["--config", "mvar_tiny", f"data.shards={other}", f"out_dir={tmp_path / 'f'}"])
     assert p.returncode == 2 and "tokenizer" in p.stderr, p.stderr[-2000:]
-    if not torch.cuda.is_available():
-        p = run_train(1, ["--config", "mvar_tiny", f"data.shards={shards}", f"out_dir={tmp_path / 'g'}",
-                          "optim.precision=fp16"])
-        assert p.returncode == 2 and "fp16 (with loss scaling) needs a CUDA device" in p.stderr, p.stderr[-2000:]

@@ -12,8 +12,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 # Lowest first. ops/, data_pipeline/ and configs/ are installed as mvar_dist.ops / .data_pipeline / .configs.
 LAYERS = [
-    {"__init__", "fsio", "configs", "install_lock", "distributed"},  # import no other package
-    {"config", "ops", "demo_data"},                                 # typed configs, fused ops, demo images
+    {"__init__", "fsio", "configs", "install_lock", "distributed", "errors"},  # import no other package
+    {"config", "ops", "demo_data", "preflight"},                    # typed configs, fused ops, demo images, start checks
     {"vqvae", "model", "doctor"},                                   # the networks (doctor: their op paths)
     {"data", "runs", "plan"},                                       # token loader; run/checkpoint layout; planner
     {"data_pipeline"},                                              # images -> token shards (Ray)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from mvar_dist.data_pipeline.augment import VariantSpec, crop_params, decode, decode_variants, make_variants, Rejected
 from mvar_dist.data_pipeline.progress import Progress
-from mvar_dist.data_pipeline.sources import list_inputs, read_bytes
+from mvar_dist.data_pipeline.sources import ImageRef, Listing, deal, list_inputs, read_bytes
 from mvar_dist.data_pipeline.writer import Destination, load_rows, record_from, shard_bytes, verify, finalize
 from mvar_dist.data.shards import Manifest
 
@@ -125,6 +125,19 @@ def test_tar_listing_reads_members_by_byte_range(tmp_path):
     assert got == {"kiwi.tar/2.png": (1, (folder / "zebra/sub/2.png").read_bytes()),
                    "nested.tar/apple/3.png": (0, (folder / "apple/3.png").read_bytes()),
                    "nested.tar/zebra/1.png": (2, (folder / "zebra/1.png").read_bytes())}
+
+
+def test_deal_is_a_seeded_permutation_that_mixes_classes():
+    """Dealing is the same for every source kind: it only permutes the listing's refs."""
+    sorted_refs = [ImageRef(f"c{c:03d}/{i}.png", c, f"/x/c{c:03d}/{i}.png") for c in range(100) for i in range(10)]
+    listing = Listing(sorted_refs, [f"c{c:03d}" for c in range(100)], "src")
+    a, b, other = deal(listing, 0), deal(listing, 0), deal(listing, 1)
+    assert a.refs == b.refs and a.order == b.order and a.refs != other.refs
+    assert sorted(a.refs, key=lambda r: r.image_id) == sorted_refs and listing.refs == sorted_refs
+    assert a.order["scheme"] == "pcg64-permutation-v1" and a.order["seed"] == 0
+    assert a.order["order_sha256"] != other.order["order_sha256"]
+    classes_per_shard = [len({r.label for r in a.refs[s:s + 100]}) for s in range(0, 1000, 100)]
+    assert min(classes_per_shard) > 50         # sorted: exactly 10 classes in each shard of 100
 
 
 def test_listing_errors_are_clear(tmp_path):

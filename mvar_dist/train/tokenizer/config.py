@@ -12,6 +12,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 
 from mvar_dist.config.errors import ConfigError
 from mvar_dist.config.loader import fill_config, read_yaml_tree
+from mvar_dist.config.numbers import check_number, non_negative, positive
 from mvar_dist.config.schema import TokenizerConfig
 from mvar_dist.runs.layout import TOKENIZER_CKPT_SUBDIR
 
@@ -73,13 +74,14 @@ class TokOptimConfig:
     clip: float = 10.0          # global grad-norm clip; 0 = off (vaex)
     ema: float = 0.0            # EMA decay of the generator weights, exported as vae_ema.*; 0 = off (vaex 0.9999)
     precision: str = "auto"     # "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp32"; the quantiser is always fp32
+    max_bad_steps: int = 10     # stop (no export) after this many consecutive skipped (NaN/Inf) steps, as the main trainer
 
 
 @dataclass
 class TokCkptConfig:
     dir: str = ""               # "" = <out_dir>/ckpt
     every_steps: int = 500      # steps between step folders
-    keep_last: int = 2          # newest complete step folders kept
+    keep_last: int = 2          # newest complete step folders kept (>= 1: the last good one is never deleted)
     keep_every: int = 0         # also keep multiples of this step
     resume: str = "auto"        # "auto" (newest complete), "none", or a step folder path
 
@@ -123,9 +125,22 @@ class TokTrainConfig:
         for k in ("l1", "l2", "vq", "beta", "lpips"):
             if getattr(self.loss, k) < 0:
                 raise ConfigError(f"loss.{k}", "must be >= 0")
-        if self.ckpt.every_steps <= 0 or self.log.log_every <= 0:
-            raise ConfigError("ckpt.every_steps / log.log_every", "must be positive")
+        for key in ("optim.lr", "optim.max_bad_steps", "ckpt.every_steps", "ckpt.keep_last", "log.log_every",
+                    "data.min_side", "data.prefetch", "loss.lpips_min_side", "gan.ndf", "gan.n_layers",
+                    "quant.buffer_rows", "quant.rows_per_step"):
+            positive(key, self._get(key))
+        for key in ("optim.weight_decay", "optim.warmup_steps", "optim.clip", "ckpt.keep_every", "data.num_workers",
+                    "log.images_every", "stop_after", "gan.weight", "gan.start_step", "gan.lecam", "gan.adaptive_max",
+                    "quant.dead_every", "quant.dead_after"):
+            non_negative(key, self._get(key))
+        check_number("optim.ema", self.optim.ema, lo=0, hi=1, hi_open=True)
         return self
+
+    def _get(self, dotted: str):
+        obj = self
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        return obj
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

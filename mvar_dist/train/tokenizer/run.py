@@ -11,6 +11,9 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from mvar_dist import distributed as D
+from mvar_dist.errors import OperatorError
+from mvar_dist.preflight import OutputLock, check_destination, check_free_space
+from mvar_dist.train.startup import rank0_check
 from mvar_dist.train.metrics import append_jsonl, truncate_jsonl
 from mvar_dist.train.signals import StopFlag
 
@@ -20,6 +23,8 @@ from .data import ImageStream, make_loader
 from .trainer import TokenizerTrainer
 
 MAX_REJECT_LINES = 20  # reject reasons printed to the console; all are counted
+# fp32 generator + AdamW m, v + the exported copy in the step folder (the discriminator is counted too).
+CHECKPOINT_BYTES_PER_PARAM = 16
 
 
 class Logger:
@@ -72,13 +77,36 @@ def _group(key: str) -> str:
 
 
 def fit(cfg: TokTrainConfig, rank: int = 0, world: int = 1, device: Optional[torch.device] = None) -> Dict[str, Any]:
-    """Train to cfg.optim.max_steps (or until SIGTERM / stop_after), saving and exporting; returns a summary."""
+    """Train to cfg.optim.max_steps (or until SIGTERM / stop_after), saving and exporting; returns a summary.
+
+    Before the first step rank 0 takes <out_dir>/.lock and checks ckpt.dir is writable with room for one
+    checkpoint (startup.py); every rank stops together when it cannot."""
     device = device or torch.device("cpu")
     torch.manual_seed(cfg.seed)
     stream = ImageStream(cfg.data.root, cfg.tokenizer.resolution, cfg.data.hflip, cfg.data.min_side, cfg.seed,
                          cfg.data.s3_endpoint)
     tr = TokenizerTrainer(cfg, rank, world, device)
+    lock = OutputLock(cfg.out_dir, "out_dir")
+
+    def check() -> None:
+        lock.acquire()
+        check_destination(str(cfg.ckpt_dir), "ckpt.dir")
+        n = sum(p.numel() for p in tr.state_dict_params())
+        check_free_space(cfg.ckpt_dir, CHECKPOINT_BYTES_PER_PARAM * n, "ckpt.dir")
+
+    try:
+        rank0_check(rank, device, check)
+        return _fit(tr, stream, cfg, rank, world, device)
+    finally:
+        lock.release()
+
+
+def _fit(tr: TokenizerTrainer, stream: ImageStream, cfg: TokTrainConfig, rank: int, world: int,
+         device: torch.device) -> Dict[str, Any]:
     tr.writer.clean_stale()
+    if rank == 0:
+        for note in S.set_aside_unreadable(cfg.ckpt_dir):
+            tr.log(note)
     D.barrier()
     resumed = tr.resume()
     tr.log(f"tokenizer {tr.vae.extra_repr()} | {sum(p.numel() for p in tr.vae.parameters()) / 1e6:.2f} M params | "
@@ -94,10 +122,14 @@ def fit(cfg: TokTrainConfig, rank: int = 0, world: int = 1, device: Optional[tor
             _count_rejects(tr, bad)
             out = tr.train_step(img)
             images_since += out["images"]
+            good = tr.bad_run == 0
+            if not good:
+                _bad_step(tr, out, saved_at)
             dead = _dead_check(tr)
-            if tr.step % cfg.log.log_every == 0 or tr.step == cfg.optim.max_steps:
+            if tr.step % cfg.log.log_every == 0 or tr.step == cfg.optim.max_steps or not good:
                 now = time.perf_counter()
                 rec = {"step": tr.step, **out, "lr": tr.lr_at(tr.step - 1), "rejected": tr.rejected,
+                       "skipped_steps": tr.skipped,
                        "images_per_s": images_since / max(now - t_log, 1e-9), **tr.health.interval_stats(device)}
                 if dead is not None:
                     rec["dead_reinit"] = dead
@@ -106,16 +138,18 @@ def fit(cfg: TokTrainConfig, rank: int = 0, world: int = 1, device: Optional[tor
                 t_log, images_since = time.perf_counter(), 0.0
             if cfg.log.images_every and tr.step % cfg.log.images_every == 0:
                 _log_images(tr, logger, img)
-            if tr.step % cfg.ckpt.every_steps == 0 or tr.step == cfg.optim.max_steps:
+            if good and (tr.step % cfg.ckpt.every_steps == 0 or tr.step == cfg.optim.max_steps):
                 tr.save()
                 saved_at = tr.step
             if _should_stop(tr, stop, start_step):
                 status = "stopped"
                 break
-        if saved_at != tr.step and tr.step > start_step:
+        if saved_at != tr.step and tr.step > start_step and tr.bad_run == 0:
             tr.save()
         summary = {"status": status, "step": tr.step, "resumed_from": str(resumed) if resumed else None,
                    "rejected": tr.rejected, "last": tr.last_rec}
+        if status == "finished":
+            tr.check_finite("export")  # every rank: the same replica, the same answer
         if status == "finished" and rank == 0:
             paths = S.export_generator(tr.vae, Path(cfg.out_dir) / "export", cfg.quant.l2_norm_codes)
             summary["export"] = {k: str(v) for k, v in paths.items()}
@@ -129,6 +163,22 @@ def fit(cfg: TokTrainConfig, rank: int = 0, world: int = 1, device: Optional[tor
     finally:
         stop.restore()
         logger.close()
+
+
+class BadStepsError(OperatorError):
+    pass
+
+
+def _bad_step(tr: TokenizerTrainer, out: Dict[str, float], saved_at: int) -> None:
+    """Report a skipped step; after optim.max_bad_steps in a row stop without saving or exporting."""
+    limit = tr.cfg.optim.max_bad_steps
+    tr.log(f"step {tr.step}: non-finite loss/gradients (loss {out.get('total', float('nan')):.4g}, grad norm "
+           f"{out['grad_norm']:.4g}); update skipped ({tr.bad_run} in a row)")
+    if tr.bad_run >= limit:
+        last = f"step {saved_at}" if saved_at >= 0 else f"the one under {tr.cfg.ckpt_dir}, if any"
+        raise BadStepsError(f"stopping: {tr.bad_run} consecutive steps had non-finite loss or gradients (limit "
+                            f"optim.max_bad_steps={limit}); nothing was exported and the last checkpoint ({last}) is "
+                            f"kept. Try a lower optim.lr, fp32, or check the data and loss.lpips_backbone")
 
 
 def _count_rejects(tr: TokenizerTrainer, bad: List[str]) -> None:

@@ -10,12 +10,14 @@ the global-batch mean whatever the world size.
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
 from mvar_dist import distributed as D
+from mvar_dist.vqvae.weights import check_finite
 from mvar_dist.train.checkpoint import CheckpointWriter
 from mvar_dist.vqvae import MultiScaleVQVAE
 
@@ -60,6 +62,7 @@ class TokenizerTrainer:
         self.disc, self.opt_d, self.lecam = self._build_disc()
         self.ema = {n: p.detach().clone() for n, p in self.vae.named_parameters()} if o.ema > 0 else None
         self.step, self.rejected, self.images_seen = 0, 0, 0
+        self.bad_run, self.skipped = 0, 0  # consecutive / all skipped (non-finite) steps
         self.writer = CheckpointWriter(cfg.ckpt_dir, rank, cfg.ckpt.keep_last, cfg.ckpt.keep_every)
         self.last_rec: Dict[str, float] = {}
 
@@ -150,7 +153,11 @@ class TokenizerTrainer:
 
     # ------------------------------------------------------------------------------------- one step
     def train_step(self, img_B3HW: torch.Tensor) -> Dict[str, float]:
-        """One optimizer step on this rank's images (may be empty); returns the global means."""
+        """One optimizer step on this rank's images (may be empty); returns the global means.
+
+        A step whose global loss or gradient norm is not finite changes nothing (no update, no EMA,
+        no discriminator step, no codebook statistics) and is counted in bad_run / skipped (the main
+        trainer's policy); the caller stops the run after optim.max_bad_steps in a row."""
         step = self.step
         n_local = int(img_B3HW.shape[0]) if img_B3HW.dim() == 4 else 0
         n_global = float(D.all_reduce_(torch.tensor([float(n_local)], device=self.device))[0])
@@ -166,14 +173,19 @@ class TokenizerTrainer:
         (loss * share).backward()
         D.all_reduce_grads(self.vae.parameters())
         gn = self._clip(self.vae.parameters())
-        self.opt.step()
-        self.update_ema()
-        if self.gan_active(step):
-            extra.update(self.disc_step(img_B3HW, rec.detach(), share))
-        if n_local:
-            self.health.observe(q.ids, q.rows_NC, step)
         terms["total"] = loss
-        out = self._global_means(terms, n_local, share)
+        out = self._global_means(terms, n_local, share)  # identical on every rank, as is gn
+        good = math.isfinite(gn) and all(math.isfinite(v) for v in out.values())
+        self.bad_run = 0 if good else self.bad_run + 1
+        self.skipped += 0 if good else 1
+        if good:
+            self.opt.step()
+            self.update_ema()
+            if self.gan_active(step):
+                extra.update(self.disc_step(img_B3HW, rec.detach(), share))
+            if n_local:
+                self.health.observe(q.ids, q.rows_NC, step)
+        self.opt.zero_grad(set_to_none=True)
         out.update(extra, grad_norm=gn, scales_used=float(q.scales_used), images=n_global)
         self.images_seen += int(n_global)
         self.step += 1
@@ -236,7 +248,7 @@ class TokenizerTrainer:
 
     # ------------------------------------------------------------------------------------- state
     def state_dict(self) -> Dict[str, Any]:
-        sd = {"step": self.step, "rejected": self.rejected, "images_seen": self.images_seen,
+        sd = {"step": self.step, "rejected": self.rejected, "images_seen": self.images_seen, "skipped": self.skipped,
               "vae": self.vae.state_dict(), "opt": self.opt.state_dict(), "health": self.health.state_dict()}
         if self.disc is not None:
             sd.update(disc=self.disc.state_dict(), opt_d=self.opt_d.state_dict())
@@ -253,6 +265,7 @@ class TokenizerTrainer:
         if self.rank != 0:
             self.health.counts_SV.zero_()  # interval counts were rank 0's; the others start empty
         self.step, self.rejected, self.images_seen = int(sd["step"]), int(sd["rejected"]), int(sd["images_seen"])
+        self.skipped = int(sd.get("skipped", 0))
         if self.ema is not None:
             self.ema = {n: t.to(self.device).clone() for n, t in sd["ema"].items()} if "ema" in sd else \
                 {n: p.detach().clone() for n, p in self.vae.named_parameters()}
@@ -272,8 +285,20 @@ class TokenizerTrainer:
         self.log(f"resumed from {folder} at step {self.step}")
         return folder
 
+    def state_dict_params(self) -> List[torch.Tensor]:
+        """The trained tensors a checkpoint holds (generator, and discriminator when on)."""
+        return list(self.vae.parameters()) + (list(self.disc.parameters()) if self.disc is not None else [])
+
+    def check_finite(self, what: str) -> None:
+        """Every rank holds the same replica, so every rank raises alike (no rank is left in a collective)."""
+        check_finite(dict(self.vae.named_parameters()), f"the tokenizer at step {self.step}",
+                     f"not writing the {what}; the last checkpoint under {self.cfg.ckpt_dir} is kept")
+        if self.ema is not None:
+            check_finite(self.ema, f"the EMA tokenizer at step {self.step}", f"not writing the {what}")
+
     def save(self) -> Optional[Path]:
+        self.check_finite("checkpoint")
         meta = S.make_meta(self.step, self.world, self.vae.hparams(), self.cfg.quant.l2_norm_codes)
-        meta.update(rejected=self.rejected, images_seen=self.images_seen)
+        meta.update(rejected=self.rejected, images_seen=self.images_seen, skipped=self.skipped)
         export = S.export_copy(self.vae, self.cfg.quant.l2_norm_codes) if self.rank == 0 else None
         return S.save_checkpoint(self.writer, self.step, self.state_dict(), export, meta, self.cfg.to_dict(), self.rank)
