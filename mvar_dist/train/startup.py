@@ -22,6 +22,8 @@ from mvar_dist.runs.storage import is_remote
 
 # ZeRO-3 bf16 checkpoint: fp32 master + Adam m, v (12 B) + the bf16 module state (2 B) + model.safetensors (2 B).
 CHECKPOINT_BYTES_PER_PARAM = 16
+# With ema.enabled: the fp32 EMA rank files (4 B) + model_ema.safetensors (2 B).
+EMA_BYTES_PER_PARAM = 6
 
 
 def _agree(failed: bool, device: torch.device) -> bool:
@@ -65,7 +67,8 @@ def check_space(cfg: RunConfig, rank: int, device: torch.device, num_params: int
     """Room for one more checkpoint where it is assembled (ckpt.dir, or the staging folder for s3://)."""
     where = stage_dir(cfg) if is_remote(cfg.ckpt.dir) else cfg.ckpt.dir
     what = "ckpt.stage_dir" if is_remote(cfg.ckpt.dir) else "ckpt.dir"
-    rank0_check(rank, device, lambda: check_free_space(where, CHECKPOINT_BYTES_PER_PARAM * num_params, what))
+    per_param = CHECKPOINT_BYTES_PER_PARAM + (EMA_BYTES_PER_PARAM if cfg.ema.enabled else 0)
+    rank0_check(rank, device, lambda: check_free_space(where, per_param * num_params, what))
 
 
 def check_num_classes(cfg: RunConfig, dataset_classes: int, where: str) -> None:
