@@ -20,6 +20,7 @@ import torch.distributed as dist
 from mvar_dist.config import ConfigError, RunConfig
 from mvar_dist.distributed import destroy_process_group, init_process_group
 from mvar_dist.fsio import write_text_atomic
+from mvar_dist.precision import set_tf32
 from . import checkpoint as ck
 from .ckpt_sync import agreed_plan, publish_agreed, stage_dir
 from .engine import batch_split, build_engine, engine_dtype, fill_ds_config, oom_message, read_ds_config, \
@@ -162,6 +163,7 @@ def _setup(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: 
     from mvar_dist.tokenizer import MultiScaleVQVAE
 
     micro, accum = batch_split(cfg.optim.global_batch, cfg.optim.micro_batch, world)
+    set_tf32(device.type == "cuda")  # the one TF32 policy (mvar_dist.precision); MFU's fp32 peak assumes it
     if cfg.optim.precision == "fp16" and device.type != "cuda":
         raise ConfigError("optim.precision", "fp16 (with loss scaling) needs a CUDA device; use bf16 or fp32 on CPU")
 
