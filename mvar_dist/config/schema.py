@@ -55,6 +55,7 @@ class ModelConfig:
     mamba_headdim: int = 64         # Mamba2 head dim (M-VAR only)
     init_gamma3: str = "official"   # "official" copies the FFN-gate init quirk (x aln), "fixed" uses alng for all gammas
     act_checkpoint: bool = False    # non-reentrant activation checkpointing per block
+    compile: bool = False           # torch.compile each block's forward (regional; ZeRO-3-safe, docs/model.md)
 
     def resolve(self) -> "ModelConfig":
         if self.width == 0:

@@ -191,6 +191,9 @@ def _setup(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: 
 
     big = cfg.model.width >= 1536  # d24 and up: never materialise the full model per rank
     model = _build_model(cfg, ds_config, zero_init == "on" or (zero_init == "auto" and big and world > 1))
+    if cfg.model.compile:
+        model.zero3_leaf_blocks()
+        model.compile_blocks()
     engine, wd_mults = build_engine(model, cfg, ds_config)
     run = _Run(cfg, rank, world, device, micro, accum, vae=vae, tok_hash=tok_hash, loader=loader,
                val_loader=val_loader, max_steps=max_steps,
