@@ -235,6 +235,7 @@ COVERED: Dict[str, Tuple[Cheap, ...]] = {
     "python benchmarks/tokenizer.py [--checkpoint vae_ch160v4096z32.pth] [--batch N] [--iters K]"
     " [--modes fp32,bf16,tf32] [--small]":
         (py("benchmarks/tokenizer.py", "--help", expect=("--checkpoint", "--iters", "--modes", "--small"), slow=True),),
+    "python benchmarks/sampler.py": (py("benchmarks/sampler.py", "--help", expect=("--depths", "--width"), slow=True),),
     "python benchmarks/train.py [--presets ...] [--nproc N] [--global_batch B] [--precision bf16]":
         (py("benchmarks/train.py", "--help", expect=("--presets", "--nproc", "--global_batch", "--precision")),),
 }
@@ -249,6 +250,10 @@ ELSEWHERE: Dict[str, str] = {
     "pip install .": "tests/test_package.py::test_wheel_installs_the_same_package_tree: builds and installs the wheel",
     "pip install -e .": "tests/test_package.py::test_mapped_packages_import_from_anywhere: the editable install",
     "bash .ci/run": ".ci/run: the CI entry point itself",
+    "python benchmarks/gpu_suite.py --dry-run": "tests/test_gpu_suite.py::test_dry_run_lists_every_row_with_its_baseline",
+    "python benchmarks/gpu_suite.py --smoke --device cpu": "tests/test_gpu_suite.py::test_smoke_runs_every_row (slow)",
+    "python benchmarks/gpu_suite.py --out suite_out":
+        "needs a GPU; tests/test_gpu_suite.py runs the same rows at toy sizes on CPU (--smoke) and the dry run",
     "python -m pytest -m slow": ".ci/run: `make test` runs the slow tests with the rest",
     MN_DS_NO_SSH: "tests/test_multinode.py::test_deepspeed_two_nodes_match_one_node: two --no_ssh nodes, 127.0.0.1",
     MN_TORCHRUN_C10D: "tests/test_multinode.py::test_torchrun_two_nodes_match_one_node: [c10d], two nodes, 127.0.0.1",
