@@ -53,7 +53,8 @@ def small():
     for l, p, n, q in ((21, 4, 8, 16), (30, 5, 3, 24), (90, 4, 4, 80)):
         ins = make_inputs(b=1, l=l, h=2, p=p, n=n, dtype=torch.float32)
         fp32.append(errors(ins, q))
-        fp32.append(errors(ins[:5] + [None, None], q, with_views=False))  # no D, no initial state
+        if q == 16:
+            fp32.append(errors(ins[:5] + [None, None], q, with_views=False))  # no D, no initial state
     # bf16 inputs: the interpreter rounds every dot operand to bf16 (what tensor cores see) and
     # accumulates in fp32; the reference is float64 math on the same bf16 inputs
     ins = make_inputs(b=2, l=40, h=2, p=8, n=8, dtype=torch.float32)
