@@ -17,6 +17,7 @@ Paths (picked by `scale_attention`, reported by `describe`):
 from __future__ import annotations
 
 import functools
+import os
 import types
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -113,11 +114,30 @@ def computed_pairs(patch_nums: Sequence[int], kind: str, tile: Tuple[int, int]) 
     return int(live.sum()) * bq * bk
 
 
+_ENV_TILE = "MVAR_FLEX_TILE"  # e.g. "128x128": overrides the choice (an escape hatch until GPU-timed)
+
+
 @functools.lru_cache(maxsize=64)
 def flex_tile(patch_nums: Tuple[int, ...], kind: str) -> Tuple[int, int]:
     """The tile with the fewest computed pairs for the *full* scale layout (so every prefix of it, as
     the recomputing sampler runs, uses the same kernel options); ties go to the larger tile."""
+    forced = os.environ.get(_ENV_TILE, "").strip()
+    if forced:
+        try:
+            rows, cols = (int(v) for v in forced.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"{_ENV_TILE}={forced!r}: expected ROWSxCOLS, e.g. 128x128") from None
+        return rows, cols
     return min(_TILES, key=lambda t: (computed_pairs(patch_nums, kind, t), -t[0] * t[1]))
+
+
+def flex_kernel_options(tile: Tuple[int, int]) -> Dict[str, int]:
+    """CUDA kernel tiles that divide the block mask's: forward (M, N) = the tile; backward dK/dV walks
+    key blocks of N1 = the tile's columns over query blocks of M1, dQ query blocks of M2 = the tile's
+    rows over key blocks of N2 (flex needs the mask's block sizes to be multiples of them)."""
+    rows, cols = tile
+    return {"BLOCK_M": rows, "BLOCK_N": cols, "BLOCK_M1": min(32, rows), "BLOCK_N1": cols,
+            "BLOCK_M2": rows, "BLOCK_N2": min(32, cols)}
 
 
 _FLEX_MASKS: Dict[Tuple, object] = {}
@@ -170,7 +190,7 @@ def _flex(q, k, v, pns, kind, scale, full_pns=None):
     tile = flex_tile(full_pns or pns, kind)
     block_mask = _block_mask(pns, kind, tile, q.device)
     # the CUDA kernel's tiles must match the block mask's; the CPU template picks its own
-    options = {"BLOCK_M": tile[0], "BLOCK_N": tile[1]} if q.device.type == "cuda" else None
+    options = flex_kernel_options(tile) if q.device.type == "cuda" else None
     signature = (tuple(q.shape), q.dtype, str(q.device), kind, pns, tile, torch.is_grad_enabled(),
                  q.requires_grad or k.requires_grad or v.requires_grad, FLEX_COMPILE_BACKEND)
     return _compiled_flex(signature)(q, k, v, block_mask, scale, options)

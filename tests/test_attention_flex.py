@@ -37,6 +37,24 @@ def test_tiles_are_chosen_for_the_scale_layout():
     assert A.computed_pairs(D16, "causal", A.flex_tile(D16, "causal")) / A.attention_pairs(D16, "causal") < 1.25
     # every prefix uses the full layout's tile, so the sampler's prefixes share kernel options
     assert A.flex_tile(PNS, "intra") in A._TILES
+    # the CUDA kernel tiles divide the block mask's, forward and backward
+    for rows, cols in A._TILES:
+        o = A.flex_kernel_options((rows, cols))
+        assert rows % o["BLOCK_M"] == rows % o["BLOCK_M1"] == rows % o["BLOCK_M2"] == 0
+        assert cols % o["BLOCK_N"] == cols % o["BLOCK_N1"] == cols % o["BLOCK_N2"] == 0
+
+
+def test_tile_override(monkeypatch):
+    A.flex_tile.cache_clear()
+    monkeypatch.setenv("MVAR_FLEX_TILE", "128x128")
+    try:
+        assert A.flex_tile(D16, "intra") == (128, 128)
+        A.flex_tile.cache_clear()
+        monkeypatch.setenv("MVAR_FLEX_TILE", "big")
+        with pytest.raises(ValueError, match="MVAR_FLEX_TILE"):
+            A.flex_tile(D16, "intra")
+    finally:
+        A.flex_tile.cache_clear()
 
 
 def _qkv(B, L, H=2, D=16, seed=0):
