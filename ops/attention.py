@@ -191,6 +191,9 @@ def _flex(q, k, v, pns, kind, scale, full_pns=None):
     block_mask = _block_mask(pns, kind, tile, q.device)
     # the CUDA kernel's tiles must match the block mask's; the CPU template picks its own
     options = flex_kernel_options(tile) if q.device.type == "cuda" else None
+    if torch.compiler.is_compiling():
+        # inside a compiled region (model.compile): flex is traced into that graph, no wrapper needed
+        return _flex_call(q, k, v, block_mask, scale, options)
     signature = (tuple(q.shape), q.dtype, str(q.device), kind, pns, tile, torch.is_grad_enabled(),
                  q.requires_grad or k.requires_grad or v.requires_grad, FLEX_COMPILE_BACKEND)
     return _compiled_flex(signature)(q, k, v, block_mask, scale, options)

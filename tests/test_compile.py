@@ -55,6 +55,36 @@ def test_blocks_compile_with_inductor_match_eager(arch):
     _check(arch, "inductor", 2e-4)
 
 
+def test_compiled_blocks_trace_flex_attention_inline(monkeypatch):
+    # on CUDA the blocks' attention is flex: inside the compiled block it must trace into the block's
+    # graph (no nested compiled wrapper, no graph break). CPU flex has no backward: forward only.
+    from mvar_dist.ops import attention as A
+
+    torch._dynamo.reset()
+    counters.clear()
+    monkeypatch.setattr(A, "_FLEX_FNS", {})
+    monkeypatch.setattr(A, "FLEX_COMPILE_BACKEND", "eager")
+    cfg = load_config("mvar_tiny", ["model.depth=2", "model.drop_path_rate=0"])
+    eager = MVAR.from_config(cfg).eval()
+    compiled = MVAR.from_config(cfg).eval()
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_blocks(backend="eager")
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, eager.num_classes, (2,), generator=g)
+    x = torch.randn(2, eager.L - 1, eager.z_channels, generator=g)
+    A.set_backend("flex")
+    try:
+        with torch.no_grad():
+            got = compiled(labels, x)
+            assert not A._FLEX_FNS  # traced inline: no per-signature wrapper was built
+            want = eager(labels, x)  # the eager model: through the per-signature compiled flex
+    finally:
+        A.set_backend(None)
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert A._FLEX_FNS
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_compile_is_a_config_field():
     cfg = load_config("mvar_tiny", ["model.compile=true"])
     assert cfg.model.compile is True and load_config("mvar_tiny").model.compile is False
