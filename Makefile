@@ -18,8 +18,7 @@ export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.torch_extensions/inductor
 
 venv: $(STAMP)
 
-# torch is installed once, first; the constraints then pin it so no later step replaces it
-# (pytorch-fid -> torchvision would otherwise pull the newest CUDA torch, several GB).
+# torch is installed once, first; the constraints then pin it so no later step replaces it.
 $(STAMP): setup.py $(LOCK)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q "pip==$(PIP_VERSION)"

@@ -36,7 +36,7 @@ from mvar_dist.model import MVAR
 from mvar_dist.ops import attention as attn_ops
 from mvar_dist.ops.ssd import ssd_chunked
 from mvar_dist.precision import set_tf32, tf32_disabled
-from mvar_dist.tokenizer import MultiScaleVQVAE
+from mvar_dist.vqvae import MultiScaleVQVAE
 from mvar_dist.train.metrics import device_peak_flops
 
 BUDGET_S = 8 * 60
@@ -293,9 +293,9 @@ def row_profile(sz, dev, dtype):
 
 
 def floor_api_missing() -> List[str]:
-    """Entries of tests/torch_api_floor.txt (the torch APIs the library uses) absent from this torch:
+    """Entries of tests/helpers/torch_api_floor.txt (the torch APIs the library uses) absent from this torch:
     on the GPU machine's torch 2.11 this checks the setup.py floor for real."""
-    manifest = Path(__file__).resolve().parent.parent / "tests" / "torch_api_floor.txt"
+    manifest = Path(__file__).resolve().parent.parent / "tests" / "helpers" / "torch_api_floor.txt"
     if not manifest.is_file():
         return []
     sys.path.insert(0, str(manifest.parent))
@@ -314,7 +314,7 @@ def import_everything() -> Dict[str, str]:
     for name in required:
         importlib.import_module(name)
     found = {name: "ok" for name in required}
-    found["torch APIs missing vs tests/torch_api_floor.txt"] = ", ".join(floor_api_missing()) or "none"
+    found["torch APIs missing vs tests/helpers/torch_api_floor.txt"] = ", ".join(floor_api_missing()) or "none"
     for name in ("mamba_ssm", "flash_attn", "deepspeed"):  # baselines / extras only, never needed
         try:
             importlib.import_module(name)

@@ -16,7 +16,7 @@ import torch
 from mvar_dist.config import ModelConfig
 from mvar_dist.config.schema import DEFAULT_PATCH_NUMS
 from mvar_dist.model import MVAR
-from mvar_dist.tokenizer import MultiScaleVQVAE
+from mvar_dist.vqvae import MultiScaleVQVAE
 
 
 def seconds(model, vae, labels, incremental, dtype, device) -> float:

@@ -58,7 +58,7 @@ def bench_encoder(device: str, batch_sizes, iters: int, tf32: bool) -> list:
     import torch
 
     from mvar_dist.precision import set_tf32
-    from mvar_dist.tokenizer import MultiScaleVQVAE
+    from mvar_dist.vqvae import MultiScaleVQVAE
 
     set_tf32(tf32)
     vae = MultiScaleVQVAE.random(seed=0).to(device).eval()

@@ -21,7 +21,8 @@ def cmd_sample(a) -> int:
     import torch
 
     from mvar_dist.distributed import destroy_process_group, init_process_group
-    from mvar_dist.eval.checkpoints import load_run_config, sampler_for
+    from mvar_dist.eval.checkpoints import sampler_for
+    from mvar_dist.runs.generator import load_run_config
     from mvar_dist.eval.npz import pack_folder
     from mvar_dist.eval.sampling import SamplePlan, generate_samples
 
@@ -85,6 +86,14 @@ def cmd_metrics(a) -> int:
 
 
 def main(argv=None) -> int:
+    """Expected failures print one `error:` line and return 2 (mvar_dist/errors.py)."""
+    from mvar_dist.errors import run_cli
+
+    return run_cli(_main, argv)
+
+
+def _main(argv) -> int:
+    from mvar_dist.config.numbers import cli_number
     from mvar_dist.eval.inception import InceptionWeightsError
     from mvar_dist.eval.reference import ReferenceError
 
@@ -93,27 +102,29 @@ def main(argv=None) -> int:
     s = sub.add_parser("sample", help="class-balanced PNG samples of a checkpoint (resumable, multi-rank)")
     s.add_argument("--ckpt", required=True, help="step folder with model.safetensors and config.yaml")
     s.add_argument("--out", required=True)
-    for flag, typ in (("--num-per-class", int), ("--batch-size", int), ("--seed", int), ("--cfg-scale", float),
-                      ("--top-k", int), ("--top-p", float)):
+    for flag, typ in (("--num-per-class", cli_number(int, lo=0, lo_open=True)),
+                      ("--batch-size", cli_number(int, lo=0, lo_open=True)), ("--seed", int),
+                      ("--cfg-scale", cli_number(float, lo=0)), ("--top-k", cli_number(int, lo=0)),
+                      ("--top-p", cli_number(float, lo=0, hi=1, lo_open=True))):
         s.add_argument(flag, type=typ, default=None, help="default: the checkpoint config's eval section")
     s.add_argument("--more-smooth", action="store_true", help="soft Gumbel sampling (visualisation, not FID)")
     s.add_argument("--npz", action="store_true", help="also pack <out>.npz (arr_0) on rank 0")
     k = sub.add_parser("pack", help="PNG folder -> .npz with arr_0 uint8 (N, H, W, 3)")
     k.add_argument("folder")
     k.add_argument("out")
-    k.add_argument("--expected", type=int, default=None, help="require exactly this many PNGs")
+    k.add_argument("--expected", type=cli_number(int, lo=0, lo_open=True), default=None, help="require exactly this many PNGs")
     for name, helptext in (("reference", "reference statistics (.npz, ADM layout) of an image folder"),
                            ("metrics", "FID/sFID/IS/precision/recall of a PNG folder or .npz")):
         r = sub.add_parser(name, help=helptext)
         if name == "reference":
             r.add_argument("folder")
             r.add_argument("out")
-            r.add_argument("--keep-images", type=int, default=10000, help="images stored as arr_0 for P/R")
+            r.add_argument("--keep-images", type=cli_number(int, lo=0), default=10000, help="images stored as arr_0 for P/R")
         else:
             r.add_argument("samples")
             r.add_argument("--reference", default=None)
         r.add_argument("--inception-weights", required=name == "reference")
-        r.add_argument("--batch-size", type=int, default=50)
+        r.add_argument("--batch-size", type=cli_number(int, lo=0, lo_open=True), default=50)
         r.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
     try:

@@ -13,9 +13,9 @@ import numpy as np
 from mvar_dist.fsio import atomic_path
 
 from .inception import STANDARD_FILE, STANDARD_URL, FIDInceptionV3, build_inception
-from .metrics import frechet_distance, gaussian_stats, inception_score, precision_recall
 from .npz import list_pngs, load_png
 from .reference import Reference, extract_features, iter_batches, load_reference
+from .registry import METRIC_COLUMNS, METRICS
 
 FID_SKIPPED_HINT = (f"FID skipped: no Inception weights. To enable it, download {STANDARD_FILE} from {STANDARD_URL} "
                     "and pass --inception-weights PATH (or eval.inception_weights=PATH), plus a reference batch "
@@ -54,7 +54,7 @@ class Evaluator:
         for i in range(0, len(pngs), self.batch_size):
             yield np.stack([load_png(p) for p in pngs[i:i + self.batch_size]])
 
-    def _reference_features(self) -> np.ndarray:
+    def reference_features(self) -> np.ndarray:
         """Pool features of the reference images (for precision/recall), cached per (reference, weights)."""
         ref = self.reference
         cache = None
@@ -69,22 +69,14 @@ class Evaluator:
         return feats
 
     def evaluate(self, sample_dir) -> Dict[str, object]:
-        """{"status", "note", "fid", "sfid", "inception_score", "precision", "recall"} (None where skipped)."""
-        out: Dict[str, object] = {k: None for k in ("fid", "sfid", "inception_score", "precision", "recall")}
+        """{"status", "note"} and every registry column (None where skipped)."""
+        out: Dict[str, object] = {k: None for k in METRIC_COLUMNS}
         out["status"], out["note"] = ("ok", "") if self.status() == "ok" else ("fid_skipped", self.status())
         if self.net is None:
             return out
         feats = extract_features(self.net, self._sample_batches(sample_dir), self.device)
-        out["inception_score"] = inception_score(feats["logits"])
-        ref = self.reference
-        if ref is None:
-            return out
-        mu, sigma = gaussian_stats(feats["pool"])
-        out["fid"] = frechet_distance(mu, sigma, ref.mu, ref.sigma)
-        if ref.mu_s is not None:
-            mu_s, sigma_s = gaussian_stats(feats["spatial"])
-            out["sfid"] = frechet_distance(mu_s, sigma_s, ref.mu_s, ref.sigma_s)
-        if ref.has_images:
-            out["precision"], out["recall"] = precision_recall(self._reference_features(), feats["pool"],
-                                                               device=self.device)
+        for metric in METRICS:
+            values = metric.compute(self, feats)
+            if values is not None:
+                out.update(zip(metric.columns, values))
         return out

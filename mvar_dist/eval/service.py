@@ -18,10 +18,15 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from .checkpoints import CheckpointRef, drop_staged, find_checkpoints, load_run_config, sampler_for, stage, verify
-from .evaluate import Evaluator
 from mvar_dist.fsio import sha256_file, write_json_atomic
+from mvar_dist.runs.generator import load_run_config
+from mvar_dist.runs.layout import CheckpointRef, find_checkpoints
+
+from .checkpoints import drop_staged, sampler_for, stage, verify
+from .evaluate import Evaluator
 from .npz import pack_folder
+from .registry import METRIC_COLUMNS, METRICS
+from .watch import watch
 from .results import Protocol, ResultsTable
 from .sampling import SamplePlan, SampleFn, generate_samples
 
@@ -168,9 +173,10 @@ class EvalService:
 
         w = SummaryWriter(str(self.tb_dir(ckpt)))
         try:
-            for name in ("fid", "sfid", "inception_score", "precision", "recall"):
-                if row.get(name) is not None:
-                    w.add_scalar(f"eval/{name}", float(row[name]), ckpt.step)
+            for metric in METRICS:
+                for name, tag in zip(metric.columns, metric.tb_tags):
+                    if row.get(name) is not None:
+                        w.add_scalar(tag, float(row[name]), ckpt.step)
             w.add_text("eval/protocol", f"{row['status']} {row['protocol_hash']}: {row['note'] or 'ok'}", ckpt.step)
             grid = [load_png(p) for p in list_pngs(sample_dir)[:8]]
             if grid:
@@ -180,20 +186,11 @@ class EvalService:
 
     # ------------------------------------------------------------------ loop
     def watch(self, max_passes: Optional[int] = None) -> None:
-        passes = 0
-        while max_passes is None or passes < max_passes:
-            rows = self.run_once()
-            passes += 1
-            if not rows:
-                self.opts.log(f"[eval] nothing new under {self.opts.roots}; next look in {self.opts.poll_s:.0f}s")
-            if max_passes is not None and passes >= max_passes:
-                break
-            time.sleep(self.opts.poll_s)
+        watch(self.run_once, self.opts.roots, self.opts.poll_s, self.opts.log, "eval", max_passes)
 
 
 def _summary(row: Dict[str, object]) -> str:
-    parts = [f"{k}={float(row[k]):.4f}" for k in ("fid", "sfid", "inception_score", "precision", "recall")
-             if row.get(k) is not None]
+    parts = [f"{k}={float(row[k]):.4f}" for k in METRIC_COLUMNS if row.get(k) is not None]
     proto = (f"[{row['num_samples']} samples, {row['num_per_class']}/class, cfg-scale {row['cfg_scale']}, top-k {row['top_k']}, "
              f"top-p {row['top_p']}, seed {row['seed']}, {row['image_format']}, protocol {row['protocol_hash']}]")
     return (" ".join(parts) + " " if parts else "") + proto + (f" {row['note']}" if row.get("note") else "")

@@ -38,7 +38,7 @@ def device_peak_flops(device: torch.device, precision: str, override_tflops: flo
     name = torch.cuda.get_device_name(device)
     for key, (half, tf32, fp32) in PEAK_TFLOPS:
         if key in name:
-            if precision in ("bf16", "fp16"):
+            if precision in ("bf16", "bf16-autocast", "fp16"):
                 return half * 1e12
             return (tf32 if tf32_enabled() else fp32) * 1e12
     return 0.0

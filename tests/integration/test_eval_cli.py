@@ -1,0 +1,70 @@
+"""Multi-process and remote paths: torchrun-split sampling, the service over s3:// (moto), the launchers."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from s3_utils import free_port, moto_s3  # noqa: F401
+from test_eval_service import write_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "tests" / "helpers")}
+
+
+def _run(args, **kw):
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=300, **kw)
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_match_one_process(tmp_path):
+    ckpt = write_checkpoint(tmp_path / "run", 3)
+    common = ["launchers/sample.py", "sample", "--ckpt", str(ckpt), "--num-per-class", "1", "--batch-size", "3",
+              "--top-k", "50"]
+    one = _run([*common, "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr
+    two = _run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *common,
+                "--out", str(tmp_path / "two"), "--npz"])
+    assert two.returncode == 0, two.stderr
+    a = {p.name: p.read_bytes() for p in (tmp_path / "one").glob("*.png")}
+    b = {p.name: p.read_bytes() for p in (tmp_path / "two").glob("*.png")}
+    assert len(a) == 10 and a == b
+    import numpy as np
+
+    assert np.load(tmp_path / "two.npz")["arr_0"].shape == (10, 64, 64, 3)
+
+
+@pytest.mark.slow
+def test_service_over_s3_sees_only_complete_checkpoints(tmp_path, moto_s3):  # noqa: F811
+    import s3fs
+
+    from mvar_dist.eval.service import EvalService, ServiceOptions
+
+    endpoint, bucket = moto_s3
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint)
+    local = tmp_path / "local"
+    done = write_checkpoint(local / "runA", 10)
+    pending = write_checkpoint(local / "runA", 20, complete=False)
+    fs.put(str(local / "runA"), f"{bucket}/runs/runA", recursive=True)
+    logs = []
+    svc = EvalService(ServiceOptions(roots=[f"s3://{bucket}/runs"], work_dir=str(tmp_path / "eval"),
+                                     num_per_class=1, batch_size=5, top_k=50, log=logs.append))
+    assert [r["checkpoint_id"] for r in svc.run_once()] == ["runA/step_00000010"]
+    assert (tmp_path / "eval" / "staged" / "runA" / "step_00000010" / "model.safetensors").read_bytes() == \
+        (done / "model.safetensors").read_bytes()
+    assert list((tmp_path / "eval" / "tb" / "runA" / "eval").glob("events.out.tfevents.*"))
+    fs.pipe(f"{bucket}/runs/runA/checkpoints/{pending.name}/COMPLETE", b"{}")
+    assert [r["checkpoint_id"] for r in svc.run_once()] == ["runA/step_00000020"]
+    assert svc.run_once() == []
+
+
+@pytest.mark.slow
+def test_launcher_errors_are_clear(tmp_path):
+    bad = _run(["launchers/eval_service.py", "--roots", str(tmp_path), "--work-dir", str(tmp_path / "e"),
+                "--once", "--reference", str(tmp_path / "nope.npz")])
+    assert bad.returncode == 2 and "reference batch not found" in bad.stderr
+    empty = _run(["launchers/sample.py", "pack", str(tmp_path), str(tmp_path / "x.npz")])
+    assert empty.returncode == 2 and "no PNG files" in empty.stderr
