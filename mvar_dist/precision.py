@@ -2,6 +2,12 @@
 
 Once anything sets `torch.backends.*.fp32_precision`, reading the legacy `allow_tf32` flags (or
 `torch.get_float32_matmul_precision()`) raises, so every module asks here instead of reading them.
+How it is set matters too (torch 2.13, checked on CPU): assigning `torch.backends.cuda.matmul.
+fp32_precision` directly makes `torch.get_float32_matmul_precision()` raise, and torch's own inductor
+calls that when it precompiles autotuning choices; `torch.set_float32_matmul_precision("high")` writes
+the same fp32_precision values ("tf32" for CUDA and oneDNN matmuls) and keeps every reader working.
+So matmuls are set through it, convolutions through `torch.backends.cudnn.conv.fp32_precision`, and
+reads go through `fp32_precision` only.
 
 Policy: fp32 matmuls and convolutions may use TF32 on CUDA (`set_tf32(True)`, what training
 enables); exact paths (the tokenizer's fp32-exact encode, the codebook search) switch it off
@@ -25,17 +31,17 @@ def tf32_enabled() -> bool:
 
 def set_tf32(enabled: bool) -> None:
     """TF32 for fp32 CUDA matmuls and cuDNN convolutions (on) or IEEE fp32 (off)."""
-    mode = "tf32" if enabled else "ieee"
-    _MATMUL.fp32_precision = mode
-    _CONV.fp32_precision = mode
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    _CONV.fp32_precision = "tf32" if enabled else "ieee"
 
 
 @contextlib.contextmanager
 def tf32_disabled() -> Iterator[None]:
     """IEEE fp32 matmuls/convs inside the block; the previous policy is restored after."""
-    prev = (_MATMUL.fp32_precision, _CONV.fp32_precision)
+    prev_matmul, prev_conv = tf32_enabled(), _CONV.fp32_precision
     set_tf32(False)
     try:
         yield
     finally:
-        _MATMUL.fp32_precision, _CONV.fp32_precision = prev
+        torch.set_float32_matmul_precision("high" if prev_matmul else "highest")
+        _CONV.fp32_precision = prev_conv
