@@ -59,10 +59,11 @@ def cmd_reference(a) -> int:
     from mvar_dist.eval.inception import build_inception
     from mvar_dist.eval.reference import reference_from_folder
 
-    net = build_inception(a.inception_weights, a.device)
+    net = build_inception(a.inception_weights, a.device, a.inception_mode)
     n = reference_from_folder(net, a.folder, a.out, batch_size=a.batch_size, keep_images=a.keep_images,
                               device=a.device)
-    print(f"reference statistics of {n} images -> {a.out} (inception sha256 {net.weights_sha256[:16]})")
+    print(f"reference statistics of {n} images -> {a.out} (inception sha256 {net.weights_sha256[:16]}, "
+          f"mode {net.mode}, recorded in the file)")
     return 0
 
 
@@ -72,14 +73,16 @@ def cmd_metrics(a) -> int:
     from mvar_dist.eval.evaluate import Evaluator
     from mvar_dist.eval.npz import load_images, save_png
 
-    ev = Evaluator(a.inception_weights or "", a.reference or "", a.device, batch_size=a.batch_size)
+    ev = Evaluator(a.inception_weights or "", a.reference or "", a.device, batch_size=a.batch_size,
+                   mode=a.inception_mode)
     folder = a.samples
     if a.samples.endswith(".npz"):  # an arr_0 batch from elsewhere: unpack to PNGs (lossless) first
         folder = tempfile.mkdtemp(prefix="mvar-eval-")
         for i, img in enumerate(load_images(a.samples)):
             save_png(img, os.path.join(folder, f"{i:06d}.png"))
     result = ev.evaluate(folder)
-    result.update(samples=a.samples, inception_sha256=ev.inception_sha256, reference_sha256=ev.reference_sha256)
+    result.update(samples=a.samples, inception_sha256=ev.inception_sha256, reference_sha256=ev.reference_sha256,
+                  inception_mode=ev.mode)
     print(json.dumps(result, indent=1))
     return 0
 
@@ -114,6 +117,8 @@ def main(argv=None) -> int:
             r.add_argument("--reference", default=None)
         r.add_argument("--inception-weights", required=name == "reference")
         r.add_argument("--batch-size", type=int, default=50)
+        r.add_argument("--inception-mode", choices=("adm", "pytorch-fid"), default="adm",
+                       help="adm: ADM's evaluator (the papers' numbers, its reference batches); pytorch-fid")
         r.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
     try:

@@ -11,7 +11,8 @@ from test_eval_service import write_checkpoint
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "tests")}
+# this checkout first (not an installed copy), then the tests folder for the helper modules
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
 
 
 def _run(args, **kw):

@@ -35,12 +35,12 @@ def random_sd():
     return random_state_dict(seed=7)
 
 
-def test_pool_features_equal_pytorch_fid(pytorch_fid, random_sd, monkeypatch):
+def test_pytorch_fid_mode_pool_features_equal_pytorch_fid(pytorch_fid, random_sd, monkeypatch):
     pfi, _ = pytorch_fid
     # pytorch-fid fetches its weights by URL; hand it our random state dict instead (nothing is downloaded)
     monkeypatch.setattr(pfi, "load_state_dict_from_url", lambda *a, **k: random_sd)
     theirs = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
-    ours = FIDInceptionV3()
+    ours = FIDInceptionV3(mode="pytorch-fid")
     ours.load_checked(random_sd)
     # a non-299, non-square size exercises the bilinear resize both ways
     x = torch.rand(2, 3, 72, 320, generator=torch.Generator().manual_seed(0))

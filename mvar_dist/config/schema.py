@@ -234,6 +234,7 @@ class EvalConfig:
     batch_size: int = 32            # sampling batch per rank
     inception_weights: str = ""     # pytorch-fid pt_inception-2015-12-05-6726825d.pth; "" = FID skipped
     reference_npz: str = ""         # VIRTUAL_imagenet256_labeled.npz (mu/sigma); "" = FID skipped
+    inception_mode: str = "adm"     # "adm": ADM's evaluator, as the papers; "pytorch-fid": its preprocessing
 
     def validate(self) -> None:
         _positive("eval.num_per_class", self.num_per_class)
@@ -241,6 +242,8 @@ class EvalConfig:
             raise ConfigError("eval.top_p", f"must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ConfigError("eval.top_k", "must be >= 0 (0 = off)")
+        if self.inception_mode not in ("adm", "pytorch-fid"):
+            raise ConfigError("eval.inception_mode", f"must be 'adm' or 'pytorch-fid', got {self.inception_mode!r}")
 
 
 @dataclass

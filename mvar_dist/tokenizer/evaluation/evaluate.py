@@ -33,7 +33,8 @@ from mvar_dist.train.checkpoint import is_complete, read_meta, step_of
 from . import recon_metrics as M
 from .results import TokenizerResultsTable
 
-METRICS_VERSION = "mvar_dist-tok-eval-1"  # bump when a metric's definition changes
+# bump when a metric's definition changes. v2: rFID's Inception mode (adm | pytorch-fid) enters the protocol
+METRICS_VERSION = "mvar_dist-tok-eval-2"
 
 
 # ----------------------------------------------------------------------------------------- checkpoint
@@ -143,6 +144,7 @@ class TokEvalOptions:
     lpips_vgg: str = ""            # torchvision vgg16 state dict; "" = LPIPS skipped
     lpips_lin: str = ""            # "" = the lin weights shipped in the `lpips` package
     inception_weights: str = ""    # pytorch-fid pt_inception-2015-12-05-6726825d.pth; "" = rFID skipped
+    inception_mode: str = "adm"    # rFID's Inception preprocessing: "adm" or "pytorch-fid" (mvar_dist/eval)
     resize_ratio: float = 1.0
     batch_size: int = 16
     num_workers: int = 0
@@ -163,7 +165,7 @@ class MetricNets:
             self.lpips = LPIPS.from_files(opts.lpips_vgg, opts.lpips_lin or None).to(opts.device)
             self.lpips_sha = sha256_file(opts.lpips_vgg)[:16]
         if opts.inception_weights:
-            self.inception = build_inception(opts.inception_weights, opts.device)
+            self.inception = build_inception(opts.inception_weights, opts.device, opts.inception_mode)
             self.inception_sha = self.inception.weights_sha256[:16]
 
     def notes(self) -> List[str]:
@@ -178,7 +180,7 @@ class MetricNets:
 def protocol_hash(opts: TokEvalOptions, data: EvalImages, nets: MetricNets) -> Tuple[str, Dict]:
     proto = {"images": str(Path(opts.images).resolve()), "listing": data.listing_hash(), "resolution": data.resolution,
              "resize_side": data.side, "max_images": opts.max_images, "lpips": nets.lpips_sha,
-             "inception": nets.inception_sha, "metrics_version": METRICS_VERSION}
+             "inception": nets.inception_sha, "inception_mode": opts.inception_mode, "metrics_version": METRICS_VERSION}
     return hashlib.sha256(json.dumps(proto, sort_keys=True).encode()).hexdigest()[:16], proto
 
 
@@ -217,8 +219,10 @@ def evaluate_tokenizer(tok: LoadedTokenizer, opts: TokEvalOptions, table: Option
             if nets.lpips is not None:
                 lpipss += nets.lpips(fake * 2 - 1, real * 2 - 1).flatten().double().tolist()
             if nets.inception is not None:
-                feats["real"].append(nets.inception(real)["pool"].double().cpu().numpy())
-                feats["fake"].append(nets.inception(fake)["pool"].double().cpu().numpy())
+                # uint8 in: the pixels the evaluator sees, exactly (fake is on the 1/255 grid)
+                fake_u8 = fake.mul(255).round().to(torch.uint8)
+                feats["real"].append(nets.inception(imgs_u8.to(opts.device))["pool"].double().cpu().numpy())
+                feats["fake"].append(nets.inception(fake_u8)["pool"].double().cpu().numpy())
         if bar is not None:
             bar.update(imgs_u8.shape[0] + len(bad))
     if bar is not None:
