@@ -1,29 +1,18 @@
-"""Our FID-InceptionV3 against pytorch-fid's (random weights in the standard key names, no download).
-
-pytorch-fid builds its net from torchvision's Inception blocks. The torchvision wheel installed here is a CUDA
-build whose C ops library cannot load beside the CPU torch; its Python code then still registers fake kernels
-for `torchvision::nms`/`qnms` unconditionally and fails. Declaring those two op schemas first (for this test
-process only) lets torchvision's pure-Python model code import; no op of theirs is ever called.
+"""Our FID-InceptionV3 in pytorch-fid mode against pytorch-fid's (random weights in the standard key names, no
+download). pytorch-fid builds its net from torchvision's Inception blocks (see torchvision_shim.py).
+The adm mode is tested against ADM's protocol and torch-fidelity in test_eval_adm.py.
 """
 import numpy as np
 import pytest
 import torch
+from torchvision_shim import import_torchvision
 
 from mvar_dist.eval.inception import FIDInceptionV3, InceptionWeightsError, random_state_dict, read_weights
-
-_TV_LIB = None
 
 
 @pytest.fixture(scope="module")
 def pytorch_fid():
-    global _TV_LIB
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError:
-        if _TV_LIB is None:
-            _TV_LIB = torch.library.Library("torchvision", "DEF")  # kept alive: dropping it undefines the ops
-            _TV_LIB.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-            _TV_LIB.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    import_torchvision()
     import pytorch_fid.fid_score as fid_score
     import pytorch_fid.inception as pfi
 
