@@ -51,6 +51,7 @@ def parse(argv):
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--inception-batch-size", type=int, default=50, help="images per Inception forward")
     p.add_argument("--device", default=None, help="default: this rank's GPU, else cpu")
     p.add_argument("--pack-npz", action="store_true", help="also pack each sample folder into an arr_0 .npz")
     p.add_argument("--no-tensorboard", action="store_true")
@@ -118,6 +119,7 @@ def watch_models(a) -> int:
         if value is not None:
             setattr(ev, name, value)
     opts = ServiceOptions.from_eval_config(ev, roots=a.roots, work_dir=a.work_dir, device=a.device,
+                                           inception_batch_size=a.inception_batch_size,
                                            pack_npz=a.pack_npz, tensorboard=not a.no_tensorboard, poll_s=a.poll)
     try:
         service = EvalService(opts)

@@ -47,6 +47,7 @@ class ServiceOptions:
     inception_weights: str = ""         # "" = FID skipped (and said so)
     reference_npz: str = ""
     inception_mode: str = "adm"         # "adm" (the papers' evaluator) or "pytorch-fid"; see inception.py
+    inception_batch_size: int = 50      # images per Inception forward, the unit dealt to ranks (not in the protocol)
     device: str = "cpu"
     pack_npz: bool = False              # also write samples.npz (arr_0) beside each sample folder
     tensorboard: bool = True
@@ -72,7 +73,8 @@ class EvalService:
         self.work = Path(opts.work_dir)
         self.table = ResultsTable(self.work)
         self.evaluator = Evaluator(opts.inception_weights, opts.reference_npz, opts.device,
-                                   cache_dir=str(self.work / "cache"), mode=opts.inception_mode)
+                                   batch_size=opts.inception_batch_size, cache_dir=str(self.work / "cache"),
+                                   mode=opts.inception_mode)
         self.rank, self.world = dist_rank_world()
         self.sampler_factory = sampler_factory
         self.damaged: Dict[str, str] = {}  # checkpoint id -> what is wrong with it, as last seen
