@@ -66,20 +66,37 @@ class TokenizerEvalService:
         return out
 
     def run_once(self) -> List[Dict[str, object]]:
+        """Evaluate every new tokenizer checkpoint; under a process group rank 0 decides which and every rank
+        scores its share of the images (evaluate_tokenizer); rows are returned on rank 0."""
+        from mvar_dist.distributed import broadcast_from_0
+        from mvar_dist.eval.sampling import dist_rank_world
+
+        rank = dist_rank_world()[0]
+        todo = broadcast_from_0(self.todo() if rank == 0 else None)
         rows = []
+        for folder in todo:
+            tok = load_tokenizer(str(folder))
+            row = evaluate_tokenizer(tok, self.opts, self.table, self.nets, self.progress and rank == 0,
+                                     self.log if rank == 0 else (lambda _msg: None))
+            if row is not None:
+                rows.append(row)
+        return rows
+
+    def todo(self) -> List[Path]:
+        """Checkpoints without a row for this protocol; unreadable ones are logged once and skipped."""
+        out = []
         for folder in self.pending():
             cid = str(folder.resolve())
             try:
                 tok = load_tokenizer(str(folder))
                 data = EvalImages(self.opts.images, tok.vae.resolution, self.opts.resize_ratio)
-                if self.table.has(cid, protocol_hash(self.opts, data, self.nets)[0]):
-                    continue
-                rows.append(evaluate_tokenizer(tok, self.opts, self.table, self.nets, self.progress, self.log))
+                if not self.table.has(cid, protocol_hash(self.opts, data, self.nets)[0]):
+                    out.append(folder)
             except (ValueError, FileNotFoundError) as e:
                 if self.failed.get(cid) != str(e):
                     self.failed[cid] = str(e)
                     self.log(f"[tok-eval] {cid}: skipped: {e}")
-        return rows
+        return out
 
     def watch(self, max_passes: Optional[int] = None) -> None:
         passes = 0
