@@ -29,6 +29,7 @@ extras = {
     "gpu": ["triton>=3.6.0", "mamba-ssm>=2.2.4", "causal-conv1d>=1.5.0", "flash-attn>=2.7.0"],
     "dev": ["pytest>=9.0.3", "pytest-timeout>=2.3.1", "moto[server]>=5.2.5", "boto3>=1.43.0",
             "pytorch-fid>=0.3.0",
+            "torch-fidelity==0.4.0",  # adm-mode parity test; pinned: tests/test_eval_adm.py calls its modules
             "triton>=3.6.0"],  # triton only to run our kernels' math under TRITON_INTERPRET=1 on CPU
 }
 

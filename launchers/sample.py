@@ -6,6 +6,9 @@
     python launchers/sample.py pack samples/x_100k samples/x_100k.npz --expected 50000
     python launchers/sample.py reference imagenet_val_256/ ref.npz --inception-weights pt_inception-...pth
     python launchers/sample.py metrics samples/x_100k --inception-weights pt_inception-...pth --reference ref.npz
+    # a released checkpoint (official .pth) as a complete step folder (`sample --ckpt`, the eval service):
+    python launchers/sample.py import-official var_d16.pth released/var_d16/checkpoints/step_00000000 \\
+        --config var_d16 --vae vae_ch160v4096z32.pth
 
 Sampling resumes: rerunning the same command completes a half-done folder with identical images.
 """
@@ -44,6 +47,39 @@ def cmd_sample(a) -> int:
             pack_folder(a.out, out, expected=plan.num_samples)
             print(f"[sample] packed {out}")
     destroy_process_group()
+    return 0
+
+
+def cmd_import(a) -> int:
+    """An official checkpoint -> <out>/{model.safetensors, config.yaml, meta.json, COMPLETE}, checked against the
+    preset; the COMPLETE marker (written last, listing the files) makes it a step folder the service evaluates."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from mvar_dist.config import load_config, save_config
+    from mvar_dist.fsio import atomic_path, write_text_atomic
+    from mvar_dist.model import MVAR
+    from mvar_dist.train import manifest as mf
+
+    cfg = load_config(a.config, [f"tokenizer.checkpoint={os.path.abspath(a.vae)}", *a.overrides])
+    # raises when the file's shapes/keys disagree with the preset (wrong depth, arch or attn_l2_norm)
+    model = MVAR.from_official(a.weights, patch_nums=tuple(cfg.tokenizer.patch_nums), **dataclasses.asdict(cfg.model))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in model.official_state_dict().items()}, str(tmp))
+    save_config(cfg, out)
+    write_text_atomic(out / "meta.json", json.dumps({"step": 0, "arch": cfg.model.arch,
+                                                     "imported_from": os.path.abspath(a.weights)}))
+    files = mf.describe(out, ["model.safetensors", "config.yaml", "meta.json"])
+    marker = {"step": 0, "format": mf.MARKER_FORMAT, "world_size": 1,
+              "files": {rel: {**entry, "rank": 0} for rel, entry in files.items()}}
+    write_text_atomic(out / mf.MARKER, mf.marker_text(marker))
+    print(f"[import] {a.weights} ({cfg.model.arch}, depth {cfg.model.depth}) -> {out}; "
+          f"sample it with `launchers/sample.py sample --ckpt {out}`")
     return 0
 
 
@@ -101,6 +137,12 @@ def main(argv=None) -> int:
         s.add_argument(flag, type=typ, default=None, help="default: the checkpoint config's eval section")
     s.add_argument("--more-smooth", action="store_true", help="soft Gumbel sampling (visualisation, not FID)")
     s.add_argument("--npz", action="store_true", help="also pack <out>.npz (arr_0) on rank 0")
+    m = sub.add_parser("import-official", help="an official VAR/M-VAR .pth -> a step folder for `sample --ckpt`")
+    m.add_argument("weights", help="official var_d16.pth / d16.pth (or .safetensors)")
+    m.add_argument("out", help="step folder to write")
+    m.add_argument("--config", required=True, help="the matching preset (var_d16, mvar_d16, ...) or YAML")
+    m.add_argument("--vae", required=True, help="the official tokenizer vae_ch160v4096z32.pth")
+    m.add_argument("overrides", nargs="*", help="dotted config overrides")
     k = sub.add_parser("pack", help="PNG folder -> .npz with arr_0 uint8 (N, H, W, 3)")
     k.add_argument("folder")
     k.add_argument("out")
@@ -122,7 +164,7 @@ def main(argv=None) -> int:
         r.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
     try:
-        return {"sample": cmd_sample, "pack": cmd_pack, "reference": cmd_reference, "metrics": cmd_metrics}[a.cmd](a)
+        return {"sample": cmd_sample, "import-official": cmd_import, "pack": cmd_pack, "reference": cmd_reference, "metrics": cmd_metrics}[a.cmd](a)
     except (InceptionWeightsError, ReferenceError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
