@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from mvar_dist.eval.sampling import dist_rank_world
 from mvar_dist.tokenizer.training.state import KIND
 from mvar_dist.train.checkpoint import is_complete, list_checkpoints
 
@@ -69,7 +70,6 @@ class TokenizerEvalService:
         """Evaluate every new tokenizer checkpoint; under a process group rank 0 decides which and every rank
         scores its share of the images (evaluate_tokenizer); rows are returned on rank 0."""
         from mvar_dist.distributed import broadcast_from_0
-        from mvar_dist.eval.sampling import dist_rank_world
 
         rank = dist_rank_world()[0]
         todo = broadcast_from_0(self.todo() if rank == 0 else None)
@@ -105,6 +105,6 @@ class TokenizerEvalService:
             passes += 1
             if max_passes is not None and passes >= max_passes:
                 return
-            if not rows:
+            if not rows and dist_rank_world()[0] == 0:
                 self.log(f"[tok-eval] nothing new under {self.roots}; next look in {self.poll_s:.0f}s")
             time.sleep(self.poll_s)
