@@ -22,15 +22,18 @@ def mapped_packages():
 # green with (see docs/development.md).
 extras = {
     "data": ["ray[data,default]>=2.60.0", "pyarrow>=26.0.1", "s3fs>=2026.9.0", "aiobotocore>=3.10.0"],
-    "train": ["deepspeed>=0.19.8", "tensorboard>=2.21.0", "lpips>=0.1.4"],  # lpips: tokenizer training
+    "train": ["deepspeed>=0.19.8", "tensorboard>=2.21.0"],
     "eval": ["scipy>=1.17.1", "matplotlib>=3.11.2", "tensorboard>=2.21.0", "s3fs>=2026.9.0",
              "threadpoolctl>=3.5"],
     # Optional GPU accelerations; never required (the CPU build uses our own reference ops).
     "gpu": ["triton>=3.6.0", "mamba-ssm>=2.2.4", "causal-conv1d>=1.5.0", "flash-attn>=2.7.0"],
     "dev": ["pytest>=9.0.3", "pytest-timeout>=2.3.1", "moto[server]>=5.2.5", "boto3>=1.43.0",
-            "pytorch-fid>=0.3.0",
-            "torch-fidelity==0.4.0",  # adm-mode parity test; pinned: tests/test_eval_adm.py calls its modules
             "triton>=3.6.0"],  # triton only to run our kernels' math under TRITON_INTERPRET=1 on CPU
+    # Reference packages of two parity tests (our LPIPS vs `lpips`, our FID Inception vs `pytorch-fid`) and
+    # the source of LPIPS's default lin weights. Both need torchvision, whose PyPI wheel is a CUDA build
+    # that does not import beside a CPU torch: install this extra only where torchvision matches torch
+    # (a CUDA torch, or the CPU index's torchvision beside its CPU torch). The tests skip without it.
+    "parity": ["lpips>=0.1.4", "pytorch-fid>=0.3.0"],
 }
 
 setup(

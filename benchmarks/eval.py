@@ -24,7 +24,7 @@ def bench_sampling(config: str, batch: int, iters: int, device: str):
     from mvar_dist.config import load_config
     from mvar_dist.eval.sampling import model_sample_fn
     from mvar_dist.model import MVAR
-    from mvar_dist.tokenizer import MultiScaleVQVAE
+    from mvar_dist.vqvae import MultiScaleVQVAE
 
     cfg = load_config(config)
     model = MVAR.from_config(cfg).to(device).eval()

@@ -20,7 +20,7 @@ from mvar_dist.config.schema import DEFAULT_PATCH_NUMS
 from mvar_dist.model import MVAR
 from mvar_dist.ops.attention import describe as attention_paths
 from mvar_dist.ops.ssd import describe as ssd_path
-from mvar_dist.tokenizer import MultiScaleVQVAE
+from mvar_dist.vqvae import MultiScaleVQVAE
 
 
 def _sync(device):

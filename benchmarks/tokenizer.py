@@ -19,8 +19,8 @@ from typing import Dict, List, Tuple
 import torch
 
 from mvar_dist.ops.codebook import describe, nearest_code_chunked, nearest_code_reference
-from mvar_dist.tokenizer import MultiScaleVQVAE
-from mvar_dist.tokenizer.weights import probe_image
+from mvar_dist.vqvae import MultiScaleVQVAE
+from mvar_dist.vqvae.weights import probe_image
 
 
 def build(args) -> MultiScaleVQVAE:

@@ -26,7 +26,7 @@ def write_random_shards(root: Path, cfg, num_rows: int) -> Path:
     """Random ids in a valid shard set stamped with the run tokenizer's hash (throughput only)."""
     from mvar_dist.data.shards import MANIFEST_NAME, Manifest, ShardInfo, sha256_bytes
     from mvar_dist.data_pipeline.writer import shard_bytes
-    from mvar_dist.tokenizer import MultiScaleVQVAE
+    from mvar_dist.vqvae import MultiScaleVQVAE
 
     tok = cfg.tokenizer
     vae = MultiScaleVQVAE.from_config(tok, seed=0)

@@ -57,7 +57,7 @@ def bench_encoder(device: str, batch_sizes, iters: int, tf32: bool) -> list:
     """img_to_ids alone with the full-size tokenizer (ch 160, V 4096, 256 px, random weights)."""
     import torch
 
-    from mvar_dist.tokenizer import MultiScaleVQVAE
+    from mvar_dist.vqvae import MultiScaleVQVAE
 
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32

@@ -1,11 +1,13 @@
 """The tokenisation job: plan -> skip finished shards -> Ray Data pipeline -> shards -> manifest.
 
-The driver owns the plan and the writes: shard i holds images [i*n, (i+1)*n) of the sorted input
-listing, rows sorted by (input position, variant), so the output does not depend on which worker
-finished first, on how many workers there were, or on where an earlier run was interrupted.
+The driver owns the plan and the writes: shard i holds images [i*n, (i+1)*n) of the dealt listing
+(a seeded permutation of the sorted input listing, so every shard mixes all classes: ImageNet lists
+class by class), rows sorted by (dealt position, variant), so the output does not depend on which
+worker finished first, on how many workers there were, or on where an earlier run was interrupted.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,7 +22,7 @@ from mvar_dist.data.shards import MANIFEST_NAME, Manifest
 
 from .augment import VariantSpec
 from .progress import Progress
-from .sources import Listing, list_inputs
+from .sources import Listing, deal, list_inputs
 from .writer import PROGRESS_DIR, REJECTS_NAME, Destination, finalize, record_from, shard_bytes, shard_name
 
 @dataclass
@@ -42,13 +44,16 @@ class TokenizeOptions:
     overwrite: bool = False                     # replace a finished dataset made with other settings
     check_sha: bool = True                      # re-hash finished shards before skipping them on resume
     progress_every: float = 10.0                # seconds between progress lines
-    limit: int = 0                              # only the first N images (0 = all)
+    limit: int = 0                              # only the first N images of the dealt order (0 = all)
+    order_seed: int = 0                         # seed of the permutation dealing images to shards
 
     def validate(self) -> None:
         self.variants.validate()
         for name in ("images_per_shard", "row_group_size", "batch_size", "read_batch", "num_actors"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.order_seed < 0 or self.limit < 0:
+            raise ValueError(f"order_seed and limit must be >= 0, got {self.order_seed}, {self.limit}")
         if self.actor_cpus <= 0 or self.read_cpus <= 0 or (self.num_gpus < 0 and self.num_gpus != -1):
             raise ValueError("actor_cpus and read_cpus must be > 0, num_gpus >= 0 or -1 (auto)")
 
@@ -75,7 +80,7 @@ class JobHooks:
 
     shard_written(dest, written, pending): after each shard this run writes (file and completion
     record); `written` counts them, `pending` lists this run's shard plans in writing order.
-    The interruption test kills the driver from here (tests/pretokenize_killed_after.py)."""
+    The interruption test kills the driver from here (tests/helpers/pretokenize_killed_after.py)."""
 
     shard_written: Callable[[Destination, int, List[ShardPlan]], None] = _no_op
 
@@ -100,8 +105,12 @@ def load_driver_tokenizer(tok_cfg):
     path = tok_cfg.checkpoint
     if path and not os.path.isfile(path):
         raise FileNotFoundError(f"tokenizer checkpoint {path!r} does not exist")
+    from mvar_dist.errors import OperatorError
+
     try:
         return build_tokenizer(_tok_dict(tok_cfg))
+    except OperatorError:
+        raise  # already names the file and what to do (e.g. non-finite weights)
     except Exception as e:
         what = f"tokenizer checkpoint {path!r}" if path else "tokenizer"
         raise ValueError(f"{what} does not load with tokenizer config (vocab_size={tok_cfg.vocab_size}, ch={tok_cfg.ch}, "
@@ -120,11 +129,19 @@ def tokenize(tok_cfg, opts: TokenizeOptions, log=print, hooks: JobHooks = JobHoo
     tok_cfg.validate()
     if opts.variants.resolution != tok_cfg.resolution:
         raise ValueError(f"crop resolution {opts.variants.resolution} != tokenizer.resolution {tok_cfg.resolution}")
-    listing = list_inputs(opts.source, opts.s3_endpoint)
+    listing = deal(list_inputs(opts.source, opts.s3_endpoint), opts.order_seed)
     if opts.limit:
         listing.refs = listing.refs[:opts.limit]
     dest = Destination(opts.dest, opts.s3_endpoint)
     dest.check_writable()
+    from mvar_dist.preflight import OutputLock
+
+    # Two jobs on one local destination would replace each other's shards and manifest.
+    with (OutputLock(dest.root, "--dest") if dest.local else contextlib.nullcontext()):
+        return _tokenize_into(dest, listing, tok_cfg, opts, log, hooks)
+
+
+def _tokenize_into(dest: "Destination", listing, tok_cfg, opts: TokenizeOptions, log, hooks: JobHooks) -> str:
     vae = load_driver_tokenizer(tok_cfg)
     tok_info = {"hash": vae.weights_hash(), "random_weights": not tok_cfg.checkpoint, "vocab_size": tok_cfg.vocab_size,
                 "ch": tok_cfg.ch, "ch_mult": list(tok_cfg.ch_mult), "z_channels": tok_cfg.z_channels,
@@ -135,7 +152,8 @@ def tokenize(tok_cfg, opts: TokenizeOptions, log=print, hooks: JobHooks = JobHoo
     else:
         log(f"[tokenize] tokenizer weights: {tok_cfg.checkpoint} (sha256 {tok_info['hash'][:12]}...)")
     job = {"tokenizer": tok_info, "patch_nums": list(tok_cfg.patch_nums), "variants": opts.variants.to_manifest(),
-           "images_per_shard": opts.images_per_shard, "row_group_size": opts.row_group_size}
+           "images_per_shard": opts.images_per_shard, "row_group_size": opts.row_group_size,
+           "order": {k: listing.order[k] for k in ("scheme", "seed")}}
     job_fp = _sha(job)
     plans = plan_shards(listing, job_fp, opts.images_per_shard)
 
@@ -174,7 +192,7 @@ def tokenize(tok_cfg, opts: TokenizeOptions, log=print, hooks: JobHooks = JobHoo
 
     manifest = Manifest(tokenizer=tok_info, patch_nums=list(tok_cfg.patch_nums), resolution=tok_cfg.resolution,
                         variants=opts.variants.to_manifest(), num_classes=len(listing.class_names),
-                        class_names=list(listing.class_names), source=listing.source,
+                        class_names=list(listing.class_names), source=listing.source, order=dict(listing.order),
                         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     uri = finalize(dest, manifest, list(records.values()))
     m = dest.read_manifest()

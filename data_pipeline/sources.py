@@ -1,7 +1,9 @@
 """Input listing: ImageFolder directories, uncompressed tar shards, local or s3://.
 
 Every input becomes an `ImageRef` (stable id, label, where its bytes are). The listing is sorted,
-so the plan (which image lands in which shard) is a pure function of the input tree.
+then dealt (`deal`): permuted with a seeded permutation of the whole listing, so the plan (which
+image lands in which shard) is a pure function of the input tree and the order seed, and the shards
+are class-mixed although every layout below lists images class by class.
 
 Layouts understood:
   * ImageFolder: `<root>/<class>/<...>/<file>.<img ext>`; if `<root>/train` exists it is used
@@ -12,11 +14,14 @@ Layouts understood:
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import posixpath
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from mvar_dist.data.shards import ORDER_SCHEME, deal_permutation
 from mvar_dist.fsio import is_local, open_fs as _open_fs
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -37,6 +42,16 @@ class Listing:
     class_names: List[str]
     source: str                 # the input location as given (never carries credentials)
     skipped: int = 0            # files ignored because they are not images by extension
+    order: Dict[str, object] = field(default_factory=dict)  # how refs were dealt (Manifest.order); {} = sorted
+
+
+def deal(listing: Listing, seed: int) -> Listing:
+    """The listing in ORDER_SCHEME order (seeded permutation of every image); records the order."""
+    perm = deal_permutation(len(listing.refs), seed)
+    refs = [listing.refs[i] for i in perm]
+    digest = hashlib.sha256("\n".join(r.image_id for r in refs).encode()).hexdigest()
+    order = {"scheme": ORDER_SCHEME, "seed": int(seed), "order_sha256": digest}
+    return Listing(refs, listing.class_names, listing.source, listing.skipped, order)
 
 
 def open_fs(uri: str, s3_endpoint: Optional[str] = None):
@@ -75,13 +90,28 @@ def _list_folder(fs, base: str, class_dirs: List[str]) -> Listing:
     refs, skipped = [], 0
     class_names = [posixpath.basename(d.rstrip("/")) for d in class_dirs]
     for label, d in enumerate(class_dirs):
-        for path in sorted(fs.find(d)):
+        for path, info in sorted(_find_files(fs, d).items()):
             rel = posixpath.relpath(path, base)
-            if not _is_image(path) or any(part.startswith(".") for part in rel.split("/")):
-                skipped += 1    # hidden files (e.g. a writer's temp files) and non-images, like ImageFolder
+            if not _is_image(path) or any(part.startswith(".") for part in rel.split("/")) or info["type"] != "file":
+                # hidden files (a writer's temps), non-images like ImageFolder, and non-regular files: a FIFO
+                # or device named *.png would block the reader forever
+                skipped += 1
                 continue
             refs.append(ImageRef(rel, label, full_uri(fs, path)))
     return Listing(refs, class_names, "", skipped)
+
+
+def _find_files(fs, folder: str) -> Dict[str, dict]:
+    """{path: info} of everything below folder that is not a directory. Locally a folder that cannot be
+    read is an error (fsspec's walk would skip it, silently dropping a whole class)."""
+    if is_local(fs):
+        def fail(err: OSError) -> None:
+            raise ValueError(f"input folder {err.filename} cannot be read ({err.strerror}): its images would be "
+                             f"silently missing; fix its permissions or move it out of the input") from err
+
+        for _ in os.walk(folder, onerror=fail):
+            pass
+    return {p: info for p, info in fs.find(folder, detail=True).items() if info["type"] != "directory"}
 
 
 def _tar_members(fs, tar_path: str) -> List[Tuple[str, int, int]]:

@@ -72,7 +72,7 @@ def decode_batch(batch: Dict[str, np.ndarray], spec: dict, s3_endpoint: Optional
 def build_tokenizer(tok_cfg: dict, state_dict=None):
     """The tokenizer from a TokenizerConfig dict; with `state_dict`, those (official-name) weights."""
     from mvar_dist.config.schema import TokenizerConfig
-    from mvar_dist.tokenizer import MultiScaleVQVAE
+    from mvar_dist.vqvae import MultiScaleVQVAE
 
     cfg = TokenizerConfig(**{**tok_cfg, "ch_mult": tuple(tok_cfg["ch_mult"]), "patch_nums": tuple(tok_cfg["patch_nums"])})
     if state_dict is None:

@@ -41,7 +41,7 @@ def stage_dataset(cfg) -> Path:
 
 
 def stage_judge(out_dir: Path):
-    from mvar_dist.demo_classifier import load_or_train
+    from mvar_dist.eval.demo_judge import load_or_train
 
     path = out_dir / "judge" / "classifier.safetensors"
     model, acc = load_or_train(path, progress=log)
@@ -67,10 +67,10 @@ def stage_tokenizer_eval(cfg, export: Path, judge) -> float:
     """Reconstruction PSNR on held-out images, and how often the judge still recognises the reconstructions."""
     import torch
 
-    from mvar_dist.demo_classifier import consistency, real_images
+    from mvar_dist.eval.demo_judge import consistency, real_images
     from mvar_dist.demo_data import split_seed
-    from mvar_dist.tokenizer.evaluation.evaluate import TokEvalOptions, evaluate_tokenizer, load_tokenizer
-    from mvar_dist.tokenizer.evaluation.results import TokenizerResultsTable
+    from mvar_dist.eval.tokenizer.evaluate import TokEvalOptions, evaluate_tokenizer, load_tokenizer
+    from mvar_dist.eval.tokenizer.results import TokenizerResultsTable
 
     tok = load_tokenizer(str(export))
     opts = TokEvalOptions(images=str(Path(cfg.data.image_root) / "val"), batch_size=25)
@@ -105,10 +105,10 @@ def stage_train(overrides) -> None:
 
 def stage_samples(cfg, judge) -> float:
     """The grid, and the judge's class consistency over eval.num_per_class samples per class."""
-    from mvar_dist.demo_classifier import judge_checkpoint
+    from mvar_dist.eval.demo_judge import judge_checkpoint
     from mvar_dist.fsio import write_json_atomic
-    from mvar_dist.train.checkpoint import latest_checkpoint
-    from mvar_dist.train.preview import sample_grid
+    from mvar_dist.runs.layout import latest_checkpoint
+    from mvar_dist.eval.preview import sample_grid
 
     ckpt = latest_checkpoint(Path(cfg.ckpt.dir))
     if ckpt is None:
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true", help="resolve the config, print the plan, run nothing")
     p.add_argument("--tok", action="append", default=[], metavar="KEY=VALUE",
-                   help="override of configs/tokenizer/demo.yaml, e.g. --tok optim.steps=200 (repeatable)")
+                   help="override of configs/tokenizer/demo.yaml, e.g. --tok optim.max_steps=200 (repeatable)")
     p.add_argument("--until", choices=("tokenizer", "shards"), default=None,
                    help="stop after this stage (`make sweep-demo` needs only the tokenizer and the shards)")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the demo preset, e.g. optim.epochs=40")
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
         export = Path(cfg.out_dir) / "tokenizer" / "export" / "vae.safetensors"
         overrides = [*args.overrides, f"tokenizer.checkpoint={export}"]
         cfg = load_config("demo", overrides)
-        from mvar_dist.tokenizer.training.config import load_tok_config
+        from mvar_dist.train.tokenizer.config import load_tok_config
 
         load_tok_config(str(TOK_CONFIG), args.tok)  # a bad --tok fails now, not after the first stages
     except ConfigError as exc:

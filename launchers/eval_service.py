@@ -35,23 +35,26 @@ def fetch_inception(folder: str) -> int:
 
 
 def parse(argv):
+    from mvar_dist.config.numbers import cli_number
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--roots", nargs="+", help="run folders, checkpoints/ folders or folders of runs")
     p.add_argument("--work-dir", default="outputs/eval", help="results table, samples, caches")
     p.add_argument("--config", default=None, help="preset or YAML whose eval section gives the defaults")
     p.add_argument("--once", action="store_true", help="one pass over existing checkpoints, then exit")
-    p.add_argument("--poll", type=float, default=60.0, help="seconds between passes when watching")
+    p.add_argument("--poll", type=cli_number(float, lo=0, lo_open=True), default=60.0, help="seconds between passes when watching")
     p.add_argument("--inception-weights", default=None, help="pytorch-fid pt_inception-2015-12-05-6726825d.pth")
     p.add_argument("--reference", default=None, help="reference batch .npz (mu/sigma[, mu_s/sigma_s, arr_0])")
     p.add_argument("--inception-mode", choices=("adm", "pytorch-fid"), default=None,
                    help="adm (default, ADM's evaluator as the papers) or pytorch-fid preprocessing and IS")
-    p.add_argument("--num-per-class", type=int, default=None)
-    p.add_argument("--cfg-scale", type=float, default=None)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--num-per-class", type=cli_number(int, lo=0, lo_open=True), default=None)
+    p.add_argument("--cfg-scale", type=cli_number(float, lo=0), default=None)
+    p.add_argument("--top-k", type=cli_number(int, lo=0), default=None)
+    p.add_argument("--top-p", type=cli_number(float, lo=0, hi=1, lo_open=True), default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--inception-batch-size", type=int, default=50, help="images per Inception forward")
+    p.add_argument("--batch-size", type=cli_number(int, lo=0, lo_open=True), default=None)
+    p.add_argument("--inception-batch-size", type=cli_number(int, lo=0, lo_open=True), default=50,
+                   help="images per Inception forward")
     p.add_argument("--device", default=None, help="default: this rank's GPU, else cpu")
     p.add_argument("--pack-npz", action="store_true", help="also pack each sample folder into an arr_0 .npz")
     p.add_argument("--no-tensorboard", action="store_true")
@@ -67,8 +70,8 @@ def parse(argv):
 
 def watch_tokenizers(a) -> int:
     """The tokenizer kind: each complete tokenizer step folder under --roots is evaluated once."""
-    from mvar_dist.tokenizer.evaluation.evaluate import TokEvalOptions
-    from mvar_dist.tokenizer.evaluation.service import TokenizerEvalService
+    from mvar_dist.eval.tokenizer.evaluate import TokEvalOptions
+    from mvar_dist.eval.tokenizer.service import TokenizerEvalService
 
     opts = TokEvalOptions(images=a.images or "", lpips_vgg=a.lpips_vgg, inception_weights=a.inception_weights or "",
                           inception_mode=a.inception_mode or "adm", batch_size=a.batch_size or 16, device=a.device)
@@ -85,6 +88,13 @@ def watch_tokenizers(a) -> int:
 
 
 def main(argv=None) -> int:
+    """Expected failures print one `error:` line and return 2 (mvar_dist/errors.py)."""
+    from mvar_dist.errors import run_cli
+
+    return run_cli(_main, argv)
+
+
+def _main(argv) -> int:
     a = parse(argv)
     if a.fetch_inception:
         return fetch_inception(a.fetch_inception)

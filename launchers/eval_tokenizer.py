@@ -19,6 +19,8 @@ import sys
 
 
 def parse(argv):
+    from mvar_dist.config.numbers import cli_number
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="vae .safetensors/.pth file or tokenizer step folder")
     p.add_argument("--watch", nargs="+", metavar="ROOT", help="tokenizer run / ckpt roots to watch instead")
@@ -29,29 +31,36 @@ def parse(argv):
     p.add_argument("--results", "--work-dir", dest="results", default="outputs/eval",
                    help="folder (or .csv path) of the results table")
     p.add_argument("--patch-nums", default="", help="comma list, for a .pth without metadata (default VAR 256)")
-    p.add_argument("--resize-ratio", type=float, default=1.0,
+    p.add_argument("--resize-ratio", type=cli_number(float, lo=0, lo_open=True), default=1.0,
                    help="shorter side -> round(ratio * R) before the centre crop (VAR's val_aug: 1.125)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--max-images", type=int, default=0, help="0 = all")
+    p.add_argument("--batch-size", type=cli_number(int, lo=0, lo_open=True), default=16)
+    p.add_argument("--num-workers", type=cli_number(int, lo=0), default=0)
+    p.add_argument("--max-images", type=cli_number(int, lo=0), default=0, help="0 = all")
     p.add_argument("--device", default=None)
     p.add_argument("--once", action="store_true", help="with --watch: one pass, then exit")
-    p.add_argument("--poll", type=float, default=60.0)
+    p.add_argument("--poll", type=cli_number(float, lo=0, lo_open=True), default=60.0)
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    a = parse(sys.argv[1:] if argv is None else argv)
+    """Expected failures print one `error:` line and return 2 (mvar_dist/errors.py)."""
+    from mvar_dist.errors import run_cli
+
+    return run_cli(_main, argv)
+
+
+def _main(argv) -> int:
+    a = parse(argv)
     if bool(a.checkpoint) == bool(a.watch):
         print("error: give exactly one of --checkpoint or --watch", file=sys.stderr)
         return 2
     import torch
 
     from mvar_dist.eval.inception import InceptionWeightsError
-    from mvar_dist.tokenizer.evaluation.evaluate import TokEvalOptions, evaluate_tokenizer, load_tokenizer
-    from mvar_dist.tokenizer.evaluation.results import TokenizerResultsTable
-    from mvar_dist.tokenizer.evaluation.service import TokenizerEvalService
+    from mvar_dist.eval.tokenizer.evaluate import TokEvalOptions, evaluate_tokenizer, load_tokenizer
+    from mvar_dist.eval.tokenizer.results import TokenizerResultsTable
+    from mvar_dist.eval.tokenizer.service import TokenizerEvalService
 
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     opts = TokEvalOptions(images=a.images, lpips_vgg=a.lpips_vgg, lpips_lin=a.lpips_lin,

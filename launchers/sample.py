@@ -24,7 +24,8 @@ def cmd_sample(a) -> int:
     import torch
 
     from mvar_dist.distributed import destroy_process_group, init_process_group
-    from mvar_dist.eval.checkpoints import load_run_config, sampler_for
+    from mvar_dist.eval.checkpoints import sampler_for
+    from mvar_dist.runs.generator import load_run_config
     from mvar_dist.eval.npz import pack_folder
     from mvar_dist.eval.sampling import SamplePlan, generate_samples
 
@@ -62,7 +63,9 @@ def cmd_import(a) -> int:
     from mvar_dist.config import load_config, save_config
     from mvar_dist.fsio import atomic_path, write_text_atomic
     from mvar_dist.model import MVAR
-    from mvar_dist.train import manifest as mf
+    from mvar_dist.runs import manifest as mf
+    from mvar_dist.runs.layout import META
+    from mvar_dist.vqvae import MultiScaleVQVAE
 
     cfg = load_config(a.config, [f"tokenizer.checkpoint={os.path.abspath(a.vae)}", *a.overrides])
     # raises when the file's shapes/keys disagree with the preset (wrong depth, arch or attn_l2_norm)
@@ -72,9 +75,11 @@ def cmd_import(a) -> int:
     with atomic_path(out / "model.safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in model.official_state_dict().items()}, str(tmp))
     save_config(cfg, out)
-    write_text_atomic(out / "meta.json", json.dumps({"step": 0, "arch": cfg.model.arch,
-                                                     "imported_from": os.path.abspath(a.weights)}))
-    files = mf.describe(out, ["model.safetensors", "config.yaml", "meta.json"])
+    # the tokenizer's hash, so runs/generator.load_generator checks it as for a trained step folder
+    tok_hash = MultiScaleVQVAE.from_config(cfg.tokenizer, seed=0).weights_hash()
+    write_text_atomic(out / META, json.dumps({"step": 0, "arch": cfg.model.arch, "tokenizer_hash": tok_hash,
+                                              "imported_from": os.path.abspath(a.weights)}))
+    files = mf.describe(out, ["model.safetensors", "config.yaml", META])
     marker = {"step": 0, "format": mf.MARKER_FORMAT, "world_size": 1,
               "files": {rel: {**entry, "rank": 0} for rel, entry in files.items()}}
     write_text_atomic(out / mf.MARKER, mf.marker_text(marker))
@@ -124,6 +129,14 @@ def cmd_metrics(a) -> int:
 
 
 def main(argv=None) -> int:
+    """Expected failures print one `error:` line and return 2 (mvar_dist/errors.py)."""
+    from mvar_dist.errors import run_cli
+
+    return run_cli(_main, argv)
+
+
+def _main(argv) -> int:
+    from mvar_dist.config.numbers import cli_number
     from mvar_dist.eval.inception import InceptionWeightsError
     from mvar_dist.eval.reference import ReferenceError
 
@@ -132,8 +145,10 @@ def main(argv=None) -> int:
     s = sub.add_parser("sample", help="class-balanced PNG samples of a checkpoint (resumable, multi-rank)")
     s.add_argument("--ckpt", required=True, help="step folder with model.safetensors and config.yaml")
     s.add_argument("--out", required=True)
-    for flag, typ in (("--num-per-class", int), ("--batch-size", int), ("--seed", int), ("--cfg-scale", float),
-                      ("--top-k", int), ("--top-p", float)):
+    for flag, typ in (("--num-per-class", cli_number(int, lo=0, lo_open=True)),
+                      ("--batch-size", cli_number(int, lo=0, lo_open=True)), ("--seed", int),
+                      ("--cfg-scale", cli_number(float, lo=0)), ("--top-k", cli_number(int, lo=0)),
+                      ("--top-p", cli_number(float, lo=0, hi=1, lo_open=True))):
         s.add_argument(flag, type=typ, default=None, help="default: the checkpoint config's eval section")
     s.add_argument("--more-smooth", action="store_true", help="soft Gumbel sampling (visualisation, not FID)")
     s.add_argument("--npz", action="store_true", help="also pack <out>.npz (arr_0) on rank 0")
@@ -146,19 +161,19 @@ def main(argv=None) -> int:
     k = sub.add_parser("pack", help="PNG folder -> .npz with arr_0 uint8 (N, H, W, 3)")
     k.add_argument("folder")
     k.add_argument("out")
-    k.add_argument("--expected", type=int, default=None, help="require exactly this many PNGs")
+    k.add_argument("--expected", type=cli_number(int, lo=0, lo_open=True), default=None, help="require exactly this many PNGs")
     for name, helptext in (("reference", "reference statistics (.npz, ADM layout) of an image folder"),
                            ("metrics", "FID/sFID/IS/precision/recall of a PNG folder or .npz")):
         r = sub.add_parser(name, help=helptext)
         if name == "reference":
             r.add_argument("folder")
             r.add_argument("out")
-            r.add_argument("--keep-images", type=int, default=10000, help="images stored as arr_0 for P/R")
+            r.add_argument("--keep-images", type=cli_number(int, lo=0), default=10000, help="images stored as arr_0 for P/R")
         else:
             r.add_argument("samples")
             r.add_argument("--reference", default=None)
         r.add_argument("--inception-weights", required=name == "reference")
-        r.add_argument("--batch-size", type=int, default=50)
+        r.add_argument("--batch-size", type=cli_number(int, lo=0, lo_open=True), default=50)
         r.add_argument("--inception-mode", choices=("adm", "pytorch-fid"), default="adm",
                        help="adm: ADM's evaluator (the papers' numbers, its reference batches); pytorch-fid")
         r.add_argument("--device", default="cpu")

@@ -17,6 +17,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from mvar_dist.config.numbers import cli_number
+
 
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,8 +36,8 @@ def parse(argv):
             s.add_argument("--stop-on-error", action="store_true")
             s.add_argument("--no-analyze", action="store_true", help="skip table/fits/plots afterwards")
         if name in ("run", "analyze"):
-            s.add_argument("--n-boot", type=int, default=500, help="bootstrap resamples for the power-law fits")
-            s.add_argument("--entropy", type=float, default=None, help="token entropy (nats) for reducible loss")
+            s.add_argument("--n-boot", type=cli_number(int, lo=0, lo_open=True), default=500, help="bootstrap resamples for the power-law fits")
+            s.add_argument("--entropy", type=cli_number(float, lo=0), default=None, help="token entropy (nats) for reducible loss")
     return p.parse_args(argv)
 
 
@@ -66,7 +68,14 @@ def analyze(sweep, n_boot: int, entropy) -> int:
 
 
 def main(argv=None) -> int:
-    args = parse(sys.argv[1:] if argv is None else argv)
+    """Expected failures print one `error:` line and return 2 (mvar_dist/errors.py)."""
+    from mvar_dist.errors import run_cli
+
+    return run_cli(_main, argv)
+
+
+def _main(argv) -> int:
+    args = parse(argv)
     from mvar_dist.config import ConfigError
     from mvar_dist.scaling.runner import LocalRunner, format_plan, plan
     from mvar_dist.scaling.sweep import SweepError, load_sweep

@@ -25,14 +25,24 @@ def parse_args(argv):
     p.add_argument("--resume", default=None, help="auto | none | <checkpoint folder> (= ckpt.resume)")
     p.add_argument("--zero_init", default="auto", choices=("auto", "on", "off"),
                    help="construct the model partitioned with deepspeed.zero.Init (auto: width >= 1536 and >1 rank)")
+    p.add_argument("--allow-new-tokenizer", action="store_true",
+                   help="resume a checkpoint made with another tokenizer (= ckpt.allow_new_tokenizer=true)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.global_batch=768")
     return p.parse_args(argv)
 
 
 def main(argv=None, hooks=None) -> int:
-    """hooks: an optional mvar_dist.train.loop.TrainHooks (fault drills, see tests/train_with_nan_steps.py)."""
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    """hooks: an optional mvar_dist.train.loop.TrainHooks (fault drills, see tests/helpers/train_with_nan_steps.py).
+
+    Expected failures print one `error:` line and return 2 (mvar_dist/errors.py; --debug shows the traceback)."""
+    from mvar_dist.errors import run_cli
+
+    return run_cli(lambda av: _main(av, hooks), argv)
+
+
+def _main(argv, hooks) -> int:
+    args = parse_args(argv)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     # The shm-comm op and other DeepSpeed JIT builds are cached here instead of ~/.cache.
@@ -42,7 +52,8 @@ def main(argv=None, hooks=None) -> int:
     from mvar_dist.config import ConfigError, load_config
     from mvar_dist.train.loop import BadStepsError, TrainHooks, train
 
-    overrides = list(args.overrides) + ([f"ckpt.resume={args.resume}"] if args.resume else [])
+    overrides = list(args.overrides) + ([f"ckpt.resume={args.resume}"] if args.resume else []) + \
+        (["ckpt.allow_new_tokenizer=true"] if args.allow_new_tokenizer else [])
     try:
         cfg = load_config(args.config, overrides)
         if not cfg.data.shards:

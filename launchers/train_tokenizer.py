@@ -5,7 +5,7 @@
     deepspeed --num_gpus 8 launchers/train_tokenizer.py data.root=s3://bucket/images ...
     python launchers/train_tokenizer.py init=vae_ch160v4096z32.pth data.root=... optim.lr=3e-5   # fine-tune
 
-Everything is a dotted override of the tokenizer-training config (mvar_dist/tokenizer/training/config.py;
+Everything is a dotted override of the tokenizer-training config (mvar_dist/train/tokenizer/config.py;
 docs/tokenizer_training.md lists each field, its default and its source). The launchers only start
 processes: training is torch.distributed data parallel on gloo (CPU) or nccl (GPU).
 """
@@ -22,18 +22,25 @@ def parse_args(argv):
     p.add_argument("--config", default=None, help="YAML file of tokenizer-training settings (optional)")
     p.add_argument("--resume", default=None, help="auto | none | <step folder> (= ckpt.resume)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=imgs optim.steps=1000")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=imgs optim.max_steps=1000")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    """Expected failures print one `error:` line and return 2 (mvar_dist/errors.py)."""
+    from mvar_dist.errors import run_cli
+
+    return run_cli(_main, argv)
+
+
+def _main(argv) -> int:
+    args = parse_args(argv)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     from mvar_dist.config import ConfigError
-    from mvar_dist.tokenizer.training.config import load_tok_config
-    from mvar_dist.tokenizer.training.run import fit
-    from mvar_dist.tokenizer.training.state import init_distributed
+    from mvar_dist.train.tokenizer.config import load_tok_config
+    from mvar_dist.train.tokenizer.run import fit
+    from mvar_dist.train.tokenizer.state import init_distributed
 
     overrides = list(args.overrides) + ([f"ckpt.resume={args.resume}"] if args.resume else [])
     try:

@@ -4,8 +4,17 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mvar_dist.config.numbers import cli_number
+
 
 def main(argv=None) -> int:
+    """Expected failures print one `error:` line and return 2 (mvar_dist/errors.py)."""
+    from .errors import run_cli
+
+    return run_cli(_main, argv)
+
+
+def _main(argv) -> int:
     p = argparse.ArgumentParser(prog="python -m mvar_dist", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("doctor", help="report Python/torch/CUDA, optional accelerations and op code paths")
@@ -15,8 +24,8 @@ def main(argv=None) -> int:
     sub.add_parser("presets", help="list the shipped presets")
     d = sub.add_parser("demo-data", help="write the embedded 10-class procedural ImageFolder")
     d.add_argument("root")
-    d.add_argument("--per-class", type=int, default=20)
-    d.add_argument("--size", type=int, default=256)
+    d.add_argument("--per-class", type=cli_number(int, lo=0, lo_open=True), default=20)
+    d.add_argument("--size", type=cli_number(int, lo=0, lo_open=True), default=256)
     d.add_argument("--seed", type=int, default=0)
     from .plan.cli import add_arguments as add_plan_arguments
 

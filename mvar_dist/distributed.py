@@ -1,4 +1,4 @@
-"""Process-group setup shared by the trainer and the sampler: one rule for backend, device and env.
+"""Process groups for every multi-process part (both trainers, the sampler): setup, rank/world, all-reduce.
 
 Launched by `deepspeed` or `torchrun`, the launcher's RANK / WORLD_SIZE / LOCAL_RANK / MASTER_* are
 used as they are. As a plain `python` process the trainer still gets a one-rank group (its barriers
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Optional, Tuple
+from typing import Iterable, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -51,6 +51,44 @@ def local_device_index(local_rank: int, visible: int) -> int:
     return local_rank
 
 
+def rank_world() -> Tuple[int, int]:
+    """(rank, world_size) of the initialised default group, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def world_size() -> int:
+    return rank_world()[1]
+
+
+def all_reduce_(t: torch.Tensor, op=None) -> torch.Tensor:
+    """In place over all ranks (SUM by default); a no-op without a group or with one rank."""
+    if world_size() > 1:
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_grads(params: Iterable[torch.nn.Parameter]) -> None:
+    """Sum the gradients over ranks in one flat buffer (a missing grad counts as zeros)."""
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if world_size() == 1 or not params:
+        return
+    grads = [p.grad for p in params]
+    flat = torch._utils._flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        g.copy_(synced)
+
+
 def destroy_process_group() -> None:
     """Leave the group if one was made; without this a gloo rank sometimes aborts at interpreter exit."""
     if dist.is_initialized():
@@ -59,7 +97,7 @@ def destroy_process_group() -> None:
 
 def broadcast_from_0(obj):
     """Rank 0's `obj` on every rank (any picklable object); the object itself without a group."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if world_size() == 1:
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
@@ -68,7 +106,7 @@ def broadcast_from_0(obj):
 
 def gather_to_0(obj) -> Optional[list]:
     """Every rank's `obj`, in rank order, on rank 0 (None elsewhere); [obj] without a group."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if world_size() == 1:
         return [obj]
     out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(obj, out, dst=0)

@@ -74,6 +74,8 @@ def atomic_path(path: PathLike, *, mkdir: bool = False, keep_suffix: bool = Fals
     tmp = path.with_name(f".{path.stem if keep_suffix else path.name}.tmp{os.getpid()}{tail}")
     try:
         yield tmp
+        if tmp.is_file():
+            os.chmod(tmp, 0o666 & ~current_umask())  # some writers (safetensors) create files 0600
         if tmp.is_dir() and path.is_dir():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -82,6 +84,12 @@ def atomic_path(path: PathLike, *, mkdir: bool = False, keep_suffix: bool = Fals
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: PathLike, text: str, *, fsync: bool = False, mkdir: bool = False) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -21,6 +22,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# Layout: unit/ (one process), integration/ (several processes, Ray, S3, subprocesses), helpers/ (shared
+# helpers and the test-only launcher wrappers). Helpers import by bare name (`from s3_utils import ...`);
+# so do the few test modules that reuse another's fixtures across the two groups (`from test_loader import
+# shards` in integration/test_loader_mp.py).
+for _group in ("integration", "unit", "helpers"):
+    sys.path.insert(0, str(Path(__file__).resolve().parent / _group))
 SHARED_FIXTURES = Path(os.environ.get("MVAR_SHARED_FIXTURES", REPO.parent / "shared" / "fixtures"))
 EXTENDED_SKIP = (f"extended parity run: large fixtures not found at {SHARED_FIXTURES} "
                  f"(set MVAR_SHARED_FIXTURES to run it)")

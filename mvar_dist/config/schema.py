@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Tuple
 
 from .errors import ConfigError
+from .numbers import check_number, non_negative, positive, strictly_increasing
 
 DEFAULT_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 
@@ -74,6 +75,9 @@ class ModelConfig:
         _one_of("model.init_gamma3", self.init_gamma3, ("official", "fixed"))
         _positive("model.depth", self.depth)
         _positive("model.num_classes", self.num_classes)
+        for key in ("mlp_ratio", "d_state", "d_conv", "expand", "mamba_headdim"):
+            _positive(f"model.{key}", getattr(self, key))
+        _positive("model.num_heads", self.num_heads)
         if self.width % self.num_heads:
             raise ConfigError("model.width", f"width {self.width} is not divisible by num_heads {self.num_heads}")
         if spec.has_mamba and (self.expand * self.width) % self.mamba_headdim:
@@ -109,10 +113,9 @@ class TokenizerConfig:
         _positive("tokenizer.vocab_size", self.vocab_size)
         if self.vocab_size > 65536:
             raise ConfigError("tokenizer.vocab_size", "token shards store ids as uint16; vocab_size must be <= 65536")
-        if not self.patch_nums or any(p <= 0 for p in self.patch_nums):
-            raise ConfigError("tokenizer.patch_nums", f"must be a non-empty list of positive ints, got {self.patch_nums}")
-        if list(self.patch_nums) != sorted(self.patch_nums):
-            raise ConfigError("tokenizer.patch_nums", f"must be increasing (coarse to fine), got {self.patch_nums}")
+        strictly_increasing("tokenizer.patch_nums", list(self.patch_nums))
+        for key in ("z_channels", "ch", "resolution"):
+            _positive(f"tokenizer.{key}", getattr(self, key))
         if self.patch_nums[-1] * self.downsample != self.resolution:
             raise ConfigError(
                 "tokenizer.patch_nums",
@@ -161,7 +164,7 @@ class OptimConfig:
     alng: float = 1e-3              # init multiplier of the AdaLN gamma rows
     aln: float = 0.5                # init multiplier of the other AdaLN rows
     label_smoothing: float = 0.0    # cross-entropy label smoothing
-    precision: str = "bf16"         # "bf16", "fp16" (with loss scaling) or "fp32"
+    precision: str = "bf16"         # "bf16" (bf16 weights), "bf16-autocast" (fp32 weights, bf16 autocast), "fp16" (official AMP: fp32 weights, fp16 autocast, dynamic loss scale) or "fp32"
     max_bad_steps: int = 10         # stop after this many consecutive skipped (NaN/Inf) steps
 
     def resolve(self) -> "OptimConfig":
@@ -178,8 +181,12 @@ class OptimConfig:
     def validate(self) -> None:
         _positive("optim.global_batch", self.global_batch)
         _positive("optim.epochs", self.epochs)
+        non_negative("optim.max_steps", self.max_steps)
+        non_negative("optim.clip", self.clip)
+        non_negative("optim.label_smoothing", self.label_smoothing)
+        _positive("optim.max_bad_steps", self.max_bad_steps)
         _one_of("optim.sche", self.sche, ("lin0", "cos"))
-        _one_of("optim.precision", self.precision, ("bf16", "fp16", "fp32"))
+        _one_of("optim.precision", self.precision, ("bf16", "bf16-autocast", "fp16", "fp32"))
         if self.tblr <= 0:
             raise ConfigError("optim.tblr", f"must be > 0, got {self.tblr}")
         if self.micro_batch < 0 or (self.micro_batch and self.global_batch % self.micro_batch):
@@ -200,11 +207,13 @@ class CheckpointConfig:
     verify: str = "hash"            # check files against the marker before loading: "hash" (size + sha256) or "size"
     max_fallback_steps: int = -1    # --resume auto may skip damaged checkpoints back this many steps; -1 = every_steps
     allow_fallback: bool = False    # true: fall back past damaged checkpoints however far (max_fallback_steps ignored)
+    allow_new_tokenizer: bool = False  # true: resume a checkpoint whose meta.json names another tokenizer hash
     stage_dir: str = ""             # node-local staging of an s3:// dir (uploads, downloads); "" = <out_dir>/ckpt_stage
 
     def validate(self) -> None:
         _positive("ckpt.every_steps", self.every_steps)
         _positive("ckpt.keep_last", self.keep_last)
+        non_negative("ckpt.keep_every", self.keep_every)
         _one_of("ckpt.verify", self.verify, ("hash", "size"))
         if self.max_fallback_steps < -1:
             raise ConfigError("ckpt.max_fallback_steps", f"must be >= -1, got {self.max_fallback_steps}")
@@ -223,6 +232,11 @@ class LoggingConfig:
     progress_bar: bool = True       # tqdm progress bar on rank 0
     peak_tflops: float = 0.0        # per-device peak TFLOP/s for MFU; 0 = look up the GPU (CPU: MFU not logged)
 
+    def validate(self) -> None:
+        _positive("log.log_every", self.log_every)
+        non_negative("log.val_every", self.val_every)
+        non_negative("log.peak_tflops", self.peak_tflops)
+
 
 @dataclass
 class EvalConfig:
@@ -238,8 +252,9 @@ class EvalConfig:
 
     def validate(self) -> None:
         _positive("eval.num_per_class", self.num_per_class)
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError("eval.top_p", f"must be in (0, 1], got {self.top_p}")
+        _positive("eval.batch_size", self.batch_size)
+        non_negative("eval.cfg_scale", self.cfg_scale)
+        check_number("eval.top_p", self.top_p, lo=0, hi=1, lo_open=True)
         if self.top_k < 0:
             raise ConfigError("eval.top_k", "must be >= 0 (0 = off)")
         if self.inception_mode not in ("adm", "pytorch-fid"):
@@ -269,14 +284,12 @@ class RunConfig:
             self.log.tb_dir = f"{self.out_dir}/tb"
         self.model.resolve()
         self.optim.resolve()
-        for section in (self.model, self.tokenizer, self.data, self.optim, self.ckpt, self.eval):
+        for section in (self.model, self.tokenizer, self.data, self.optim, self.ckpt, self.log, self.eval):
             section.validate()
         return self
 
 
-def _positive(key: str, value) -> None:
-    if value <= 0:
-        raise ConfigError(key, f"must be > 0, got {value}")
+_positive = positive  # the shared number validator (numbers.py)
 
 
 def _one_of(key: str, value, allowed) -> None:

@@ -7,6 +7,7 @@ read as garbage tokens or silently shorten an epoch.
 from __future__ import annotations
 
 import os
+import warnings
 from collections import OrderedDict
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -16,7 +17,9 @@ from mvar_dist.fsio import open_fs as resolve_fs  # noqa: F401  (re-exported: th
 from mvar_dist.fsio import is_local, sha256_file
 
 from .order import is_val_image, variant_choices
-from .shards import MANIFEST_NAME, Manifest, ShardInfo
+from .shards import MANIFEST_NAME, RESHARD_COMMAND, Manifest, ShardInfo
+
+_warned_sorted: set = set()
 
 
 class ShardError(RuntimeError):
@@ -34,6 +37,18 @@ def read_manifest(uri: str, storage_options: Optional[Dict[str, Any]] = None) ->
         raise FileNotFoundError(f"no {MANIFEST_NAME} under {uri}: the token dataset is missing or incomplete "
                                 f"(the tokenisation job writes the manifest last)")
     return Manifest.from_json(fs.cat_file(path).decode(), where=f"{uri.rstrip('/')}/{MANIFEST_NAME}")
+
+
+def warn_if_sorted(manifest: Manifest, uri: str) -> None:
+    """Warn once per dataset and process when its shards follow the (class-sorted) input listing: the
+    loader only shuffles within windows of a few shards, so its batches would hold a few classes."""
+    if manifest.class_mixed or uri in _warned_sorted:
+        return
+    _warned_sorted.add(uri)
+    said = f"says its order is {manifest.order['scheme']!r}" if manifest.order else "does not record its order"
+    warnings.warn(f"the manifest of {uri} {said}: its shards are probably class-sorted, so every batch would hold "
+                  f"a few classes. Rewrite it into class-mixed shards without re-encoding: {RESHARD_COMMAND} "
+                  f"(docs/data_pipeline.md, 'Class-mixed shards')", UserWarning, stacklevel=3)
 
 
 def check_shards_present(fs, root: str, manifest: Manifest, uri: str) -> None:

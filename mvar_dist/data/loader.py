@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import numpy as np
 import torch
 
-from .io import ShardStore, ShardError, check_shards_present, read_manifest, split_counts
+from .io import ShardStore, ShardError, check_shards_present, read_manifest, split_counts, warn_if_sorted
 from .order import EpochPlan
 
 
@@ -358,6 +358,7 @@ class TokenLoader:
 
         self.settings = s = settings
         self.manifest = read_manifest(s.shards_uri, s.storage_options)
+        warn_if_sorted(self.manifest, s.shards_uri)
         self.manifest.check_compatible(s.patch_nums if s.patch_nums is not None else self.manifest.patch_nums,
                                        s.tokenizer_hash, s.vocab_size)
         self._store = _open_store(s, self.manifest)

@@ -20,6 +20,10 @@ from mvar_dist.fsio import sha256_bytes, write_bytes_atomic  # noqa: F401
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
+# How images are dealt to shards: shard i holds images [i*n, (i+1)*n) of a seeded permutation of the
+# whole input, so every shard (and every loader window of a few shards) mixes all classes.
+ORDER_SCHEME = "pcg64-permutation-v1"
+RESHARD_COMMAND = "python launchers/reshard.py --source OLD --dest NEW"
 
 
 def shard_schema(seq_len: int):
@@ -55,6 +59,14 @@ class Manifest:
     source: str = ""                 # input location (never with credentials)
     created: str = ""                # ISO-8601 UTC
     version: int = FORMAT_VERSION
+    # {"scheme": ORDER_SCHEME, "seed": s, "order_sha256": hash of the dealt image ids} for class-mixed
+    # shards; {"scheme": "sorted"} or {} (datasets written before this field) for shards that follow
+    # the input listing, i.e. hold one or two classes each on ImageNet.
+    order: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def class_mixed(self) -> bool:
+        return self.order.get("scheme") == ORDER_SCHEME
 
     @property
     def seq_len(self) -> int:
@@ -89,6 +101,15 @@ class Manifest:
         if tokenizer_hash is not None and tokenizer_hash != self.tokenizer.get("hash"):
             raise ValueError(f"token shards were made with tokenizer {str(self.tokenizer.get('hash'))[:12]}..., "
                              f"the run's tokenizer is {tokenizer_hash[:12]}...")
+
+
+def deal_permutation(n: int, seed: int):
+    """The ORDER_SCHEME permutation of n items: position k of the dealt order is input item perm[k]."""
+    import numpy as np
+
+    if seed < 0:
+        raise ValueError(f"order seed must be >= 0, got {seed}")
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, n, 0x5EED]))).permutation(n)
 
 
 def split_tokens(tokens_BL, patch_nums: Sequence[int]) -> List[Any]:

@@ -14,10 +14,10 @@ import numpy as np
 
 from mvar_dist.fsio import atomic_path
 
-from .inception import DEFAULT_MODE, IS_LOGITS, STANDARD_FILE, STANDARD_URL, FIDInceptionV3, build_inception, check_mode
-from .metrics import frechet_distance, gaussian_stats, inception_score, precision_recall
+from .inception import DEFAULT_MODE, STANDARD_FILE, STANDARD_URL, FIDInceptionV3, build_inception, check_mode
 from .npz import list_pngs, load_png
 from .reference import Reference, extract_features_sharded, load_reference
+from .registry import METRIC_COLUMNS, METRICS
 
 FID_SKIPPED_HINT = (f"FID skipped: no Inception weights. To enable it, download {STANDARD_FILE} from {STANDARD_URL} "
                     "and pass --inception-weights PATH (or eval.inception_weights=PATH), plus a reference batch "
@@ -37,6 +37,10 @@ class Evaluator:
         self.device = device
         self.batch_size = batch_size
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        # reference pool features once computed (rank 0; None elsewhere); the flag is set on every rank alike
+        # so all ranks skip or join the collective extraction together
+        self._ref_pool: Optional[np.ndarray] = None
+        self._ref_pool_done = False
 
     @property
     def inception_sha256(self) -> str:
@@ -56,17 +60,23 @@ class Evaluator:
     def _features(self, num_images: int, load) -> Optional[Dict[str, np.ndarray]]:
         return extract_features_sharded(self.net, num_images, load, self.batch_size, self.device)
 
-    def _reference_features(self) -> Optional[np.ndarray]:
-        """Pool features of the reference images (precision/recall), cached per (reference, weights, mode).
+    def reference_features(self) -> Optional[np.ndarray]:
+        """Pool features of the reference images (precision/recall), cached per (reference, weights, mode)
+        on disk and kept in memory (the service evaluates many folders against one reference).
 
-        Every rank calls it; rank 0 decides whether the cache serves, so the ranks agree."""
+        Every rank calls it; rank 0 decides whether the cache serves, so the ranks agree. Rank 0 gets the
+        features, the others None."""
         from mvar_dist.distributed import broadcast_from_0
 
+        if self._ref_pool_done:
+            return self._ref_pool
+        self._ref_pool_done = True
         ref, cache = self.reference, None
         if self.cache_dir is not None:
             cache = self.cache_dir / f"ref_pool_{ref.sha256[:16]}_{self.inception_sha256[:16]}_{self.mode}.npy"
         if broadcast_from_0(cache is not None and cache.exists()):
-            return np.load(cache)
+            self._ref_pool = np.load(cache)
+            return self._ref_pool
         images = ref.images()
         feats = self._features(len(images), lambda s, e: images[s:e])
         if feats is None:
@@ -74,30 +84,26 @@ class Evaluator:
         if cache is not None:
             with atomic_path(cache, mkdir=True, keep_suffix=True) as tmp:  # np.save appends .npy otherwise
                 np.save(tmp, feats["pool"])
-        return feats["pool"]
+        self._ref_pool = feats["pool"]
+        return self._ref_pool
 
     def evaluate(self, sample_dir) -> Optional[Dict[str, object]]:
-        """{"status", "note", "fid", "sfid", "inception_score", "precision", "recall"} (None where skipped).
+        """{"status", "note"} and every registry column (None where skipped).
 
-        Under a process group every rank must call it; rank 0 gets the result, the others None."""
-        out: Dict[str, object] = {k: None for k in ("fid", "sfid", "inception_score", "precision", "recall")}
+        Under a process group every rank must call it (they share the Inception work); rank 0 gets the
+        result, the others None."""
+        out: Dict[str, object] = {k: None for k in METRIC_COLUMNS}
         out["status"], out["note"] = ("ok", "") if self.status() == "ok" else ("fid_skipped", self.status())
         if self.net is None:
             return out
         pngs = list_pngs(sample_dir)
         feats = self._features(len(pngs), lambda s, e: np.stack([load_png(p) for p in pngs[s:e]]))
-        ref = self.reference
-        ref_pool = self._reference_features() if ref is not None and ref.has_images else None
+        if self.reference is not None and self.reference.has_images:
+            self.reference_features()  # collective: before rank 0 alone runs the registry
         if feats is None:
             return None
-        out["inception_score"] = inception_score(feats[IS_LOGITS[self.mode]])
-        if ref is None:
-            return out
-        mu, sigma = gaussian_stats(feats["pool"])
-        out["fid"] = frechet_distance(mu, sigma, ref.mu, ref.sigma)
-        if ref.mu_s is not None:
-            mu_s, sigma_s = gaussian_stats(feats["spatial"])
-            out["sfid"] = frechet_distance(mu_s, sigma_s, ref.mu_s, ref.sigma_s)
-        if ref_pool is not None:
-            out["precision"], out["recall"] = precision_recall(ref_pool, feats["pool"], device=self.device)
+        for metric in METRICS:
+            values = metric.compute(self, feats)
+            if values is not None:
+                out.update(zip(metric.columns, values))
         return out

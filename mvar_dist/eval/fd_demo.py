@@ -4,7 +4,7 @@
 
 For every complete checkpoint of the run it samples `--per-class` images per class with the run's
 `eval` settings and writes one row to `<eval dir>/fd_demo.csv`: FD-demo (the Frechet distance of the
-demo classifier's features of the samples vs real images, `mvar_dist.demo_classifier`) and the class
+demo classifier's features of the samples vs real images, `mvar_dist.eval.demo_judge`) and the class
 consistency. It needs no download. FD-demo is not FID and is never reported as FID: other networks,
 other images, a 64-d feature space. Rows are keyed by checkpoint id `<run>/step_XXXXXXXX` and the
 protocol hash, so a re-run only evaluates new checkpoints.
@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Dict, List
+
+from mvar_dist.config.numbers import cli_number
 
 from mvar_dist.eval.results import KeyedCsvTable, best_per_checkpoint
 
@@ -46,19 +48,19 @@ def evaluate_run(run_dir: Path, eval_dir: Path, judge_path: Path, per_class: int
                  log=print) -> List[Dict[str, object]]:
     """FD-demo rows for the run's complete checkpoints that the table lacks; returns the new rows."""
     from mvar_dist.config import load_config
-    from mvar_dist.demo_classifier import judge_checkpoint, load_or_train
+    from mvar_dist.eval.demo_judge import judge_checkpoint, load_or_train
     from mvar_dist.fsio import sha256_file
-    from mvar_dist.train.checkpoint import list_checkpoints
+    from mvar_dist.runs.layout import checkpoint_id, ckpt_root, list_checkpoints, step_of
 
     run_dir = Path(run_dir)
     judge, _ = load_or_train(Path(judge_path), progress=log)
     judge_sha = sha256_file(judge_path)[:16]
     table = FdDemoTable(eval_dir)
     new = []
-    for ckpt in list_checkpoints(run_dir / "checkpoints"):
+    for ckpt in list_checkpoints(Path(ckpt_root(run_dir))):
         ev = load_config(ckpt / "config.yaml").eval
         sampling = {"cfg_scale": ev.cfg_scale, "top_k": ev.top_k, "top_p": ev.top_p}
-        key = (f"{run_dir.name}/{ckpt.name}", protocol_hash(judge_sha, per_class, seed, sampling))
+        key = (checkpoint_id(run_dir.name, step_of(ckpt)), protocol_hash(judge_sha, per_class, seed, sampling))
         if table.has(*key):
             continue
         verdict = judge_checkpoint(ckpt, judge, per_class=per_class, seed=seed)
@@ -72,18 +74,24 @@ def evaluate_run(run_dir: Path, eval_dir: Path, judge_path: Path, per_class: int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", help="a training run folder (with checkpoints/)")
+    p.add_argument("run_dir", help="a training run folder (its config.yaml names ckpt.dir; default checkpoints/)")
     p.add_argument("--eval-dir", required=True, help=f"folder of the {TABLE_NAME} table")
     p.add_argument("--judge", default=DEFAULT_JUDGE,
                    help=f"demo classifier file; trained and saved there when absent (default {DEFAULT_JUDGE})")
-    p.add_argument("--per-class", type=int, default=10, help="samples per class (default 10)")
+    p.add_argument("--per-class", type=cli_number(int, lo=0, lo_open=True), default=10, help="samples per class (default 10)")
     p.add_argument("--seed", type=int, default=0)
 
 
 def main(a: argparse.Namespace) -> int:
+    from mvar_dist.runs.layout import ckpt_root
+
     run_dir = Path(a.run_dir)
-    if not (run_dir / "checkpoints").is_dir():
-        print(f"error: {run_dir} has no checkpoints/ folder", file=sys.stderr)
+    root = ckpt_root(run_dir)
+    if "://" in root:
+        print(f"error: {run_dir}'s ckpt.dir {root} is not local; fd-demo reads local checkpoints", file=sys.stderr)
+        return 2
+    if not Path(root).is_dir():
+        print(f"error: {run_dir} has no checkpoint folder ({root})", file=sys.stderr)
         return 2
     if a.per_class <= 0:
         print("error: --per-class must be positive", file=sys.stderr)

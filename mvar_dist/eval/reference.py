@@ -113,9 +113,9 @@ def extract_features_sharded(net: FIDInceptionV3, num_images: int, load: Callabl
     the others (every rank must call it).
     """
     from mvar_dist.distributed import gather_to_0
-    from mvar_dist.eval.sampling import dist_rank_world
+    from mvar_dist.distributed import rank_world
 
-    rank, world = dist_rank_world()
+    rank, world = rank_world()
     starts = list(range(0, num_images, batch_size))[rank::world]
     mine = {}
     if starts:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import fcntl
 import hashlib
+import io
 import json
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from mvar_dist.fsio import atomic_path
+
+from .registry import METRIC_COLUMNS
 
 RESULTS_NAME = "eval_results.csv"
 # bump when a metric's definition changes: old rows stop matching. v2: the Inception mode (adm | pytorch-fid)
@@ -71,7 +74,6 @@ class Protocol:
 
 
 PROTOCOL_COLUMNS = [f.name for f in fields(Protocol)] + ["num_samples"]
-METRIC_COLUMNS = ["fid", "sfid", "inception_score", "precision", "recall"]
 COLUMNS = (["checkpoint_id", "protocol_hash", "run", "step", "status", "note"] + METRIC_COLUMNS
            + PROTOCOL_COLUMNS + ["model_sha256", "sample_dir", "wall_s", "created"])
 
@@ -99,10 +101,20 @@ class KeyedCsvTable:
         if not self.path.exists():
             return []
         with open(self.path, newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames and not {"checkpoint_id", "protocol_hash"} <= set(reader.fieldnames):
-                raise ValueError(f"{self.path}: not a {self.kind} table (columns {reader.fieldnames})")
-            return list(reader)
+            text = f.read()
+        lines = list(csv.reader(io.StringIO(text, newline="")))
+        if not lines:
+            return []
+        header = lines[0]
+        if not {"checkpoint_id", "protocol_hash"} <= set(header):
+            raise ValueError(f"{self.path}: not a {self.kind} table (columns {header})")
+        damage = "it ends inside a row (truncated)" if not text.endswith("\n") else next(
+            (f"row {i} has {len(r)} fields, the header {len(header)} (a column missing from the header or a cut row)"
+             for i, r in enumerate(lines[1:], 1) if len(r) != len(header)), "")
+        if damage:  # trusting it would keep a cut number as final, or shift every value by a column
+            raise ValueError(f"{self.path}: damaged {self.kind} table: {damage}; repair it or move it away "
+                             f"(then every checkpoint is evaluated again)")
+        return [dict(zip(header, r)) for r in lines[1:]]
 
     def rows(self) -> List[Dict[str, str]]:
         with self._locked():

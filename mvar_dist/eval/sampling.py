@@ -17,6 +17,7 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 import numpy as np
 import torch
 
+from mvar_dist.distributed import rank_world
 from mvar_dist.fsio import write_text_atomic
 
 from .npz import save_png
@@ -74,11 +75,6 @@ class SamplePlan:
         return f"{i:06d}.png"  # zero-padded: name order = index order = class order when packed
 
 
-def dist_rank_world() -> Tuple[int, int]:
-    """(rank, world_size) of the initialised torch.distributed group, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def _claim_plan(plan: SamplePlan, out_dir: Path) -> None:
@@ -98,7 +94,7 @@ def generate_samples(sample_fn: SampleFn, plan: SamplePlan, out_dir, rank: Optio
                      world_size: Optional[int] = None, log: Optional[Callable[[str], None]] = None) -> Dict[str, int]:
     """This rank's share of the plan as PNGs in `out_dir`; returns {"made": images, "skipped": images}."""
     if rank is None or world_size is None:
-        rank, world_size = dist_rank_world()
+        rank, world_size = rank_world()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _claim_plan(plan, out_dir)

@@ -20,14 +20,19 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
-import torch
 
-from .checkpoints import CheckpointRef, drop_staged, find_checkpoints, load_run_config, sampler_for, stage, verify
-from .evaluate import Evaluator
+from mvar_dist.distributed import barrier, rank_world
 from mvar_dist.fsio import sha256_file, write_json_atomic
+from mvar_dist.runs.generator import load_run_config
+from mvar_dist.runs.layout import CheckpointRef, find_checkpoints
+
+from .checkpoints import drop_staged, sampler_for, stage, verify
+from .evaluate import Evaluator
 from .npz import pack_folder
+from .registry import METRIC_COLUMNS, METRICS
+from .watch import one_pass, watch
 from .results import Protocol, ResultsTable
-from .sampling import SamplePlan, SampleFn, dist_rank_world, generate_samples
+from .sampling import SamplePlan, SampleFn, generate_samples
 
 # (local step folder, options, run config) -> SampleFn; the default loads the checkpoint's MVAR
 SamplerFactory = Callable[[Path, "ServiceOptions", object], SampleFn]
@@ -75,7 +80,7 @@ class EvalService:
         self.evaluator = Evaluator(opts.inception_weights, opts.reference_npz, opts.device,
                                    batch_size=opts.inception_batch_size, cache_dir=str(self.work / "cache"),
                                    mode=opts.inception_mode)
-        self.rank, self.world = dist_rank_world()
+        self.rank, self.world = rank_world()
         self.sampler_factory = sampler_factory
         self.damaged: Dict[str, str] = {}  # checkpoint id -> what is wrong with it, as last seen
         if self.evaluator.status() != "ok" and self.rank == 0:
@@ -103,17 +108,12 @@ class EvalService:
 
     def run_once(self) -> List[Dict[str, object]]:
         """Evaluate every complete checkpoint not yet in the table; returns the new rows (rank 0; [] elsewhere)."""
-        from mvar_dist.distributed import broadcast_from_0
+        return one_pass(self.todo, self._evaluate_ref)
 
-        todo = broadcast_from_0(self.todo() if self.rank == 0 else None)
-        new_rows = []
-        for ckpt in todo:
-            folder = stage(ckpt, self.work / "staged")  # rank 0 staged it already; local ranks share the copy
-            run_cfg = load_run_config(folder)
-            row = self.evaluate(ckpt, folder, run_cfg, self.protocol(run_cfg))
-            if row is not None:
-                new_rows.append(row)
-        return new_rows
+    def _evaluate_ref(self, ckpt: CheckpointRef) -> Optional[Dict[str, object]]:
+        folder = stage(ckpt, self.work / "staged")  # rank 0 staged it already; local ranks share the copy
+        run_cfg = load_run_config(folder)
+        return self.evaluate(ckpt, folder, run_cfg, self.protocol(run_cfg))
 
     def todo(self) -> List[CheckpointRef]:
         """The complete, undamaged checkpoints without a row for their protocol (rank 0 decides for all)."""
@@ -162,8 +162,7 @@ class EvalService:
         counts = generate_samples(sample_fn, plan, out_dir, rank=self.rank, world_size=self.world, log=None)
         if counts["skipped"]:
             o.log(f"[eval] {ckpt.id}: rank {self.rank} resumed, {counts['skipped']} images already on disk")
-        if self.world > 1:
-            torch.distributed.barrier()  # every PNG is on disk before any rank lists the folder
+        barrier()  # every PNG is on disk before any rank lists the folder
         if o.pack_npz and self.rank == 0:
             pack_folder(out_dir, out_dir.with_suffix(".npz"), expected=plan.num_samples)
         metrics = self.evaluator.evaluate(out_dir)
@@ -195,9 +194,10 @@ class EvalService:
 
         w = SummaryWriter(str(self.tb_dir(ckpt)))
         try:
-            for name in ("fid", "sfid", "inception_score", "precision", "recall"):
-                if row.get(name) is not None:
-                    w.add_scalar(f"eval/{name}", float(row[name]), ckpt.step)
+            for metric in METRICS:
+                for name, tag in zip(metric.columns, metric.tb_tags):
+                    if row.get(name) is not None:
+                        w.add_scalar(tag, float(row[name]), ckpt.step)
             w.add_text("eval/protocol", f"{row['status']} {row['protocol_hash']}: {row['note'] or 'ok'}", ckpt.step)
             grid = [load_png(p) for p in list_pngs(sample_dir)[:8]]
             if grid:
@@ -207,20 +207,11 @@ class EvalService:
 
     # ------------------------------------------------------------------ loop
     def watch(self, max_passes: Optional[int] = None) -> None:
-        passes = 0
-        while max_passes is None or passes < max_passes:
-            rows = self.run_once()
-            passes += 1
-            if not rows and self.rank == 0:
-                self.opts.log(f"[eval] nothing new under {self.opts.roots}; next look in {self.opts.poll_s:.0f}s")
-            if max_passes is not None and passes >= max_passes:
-                break
-            time.sleep(self.opts.poll_s)
+        watch(self.run_once, self.opts.roots, self.opts.poll_s, self.opts.log, "eval", max_passes)
 
 
 def _summary(row: Dict[str, object]) -> str:
-    parts = [f"{k}={float(row[k]):.4f}" for k in ("fid", "sfid", "inception_score", "precision", "recall")
-             if row.get(k) is not None]
+    parts = [f"{k}={float(row[k]):.4f}" for k in METRIC_COLUMNS if row.get(k) is not None]
     proto = (f"[{row['num_samples']} samples, {row['num_per_class']}/class, cfg-scale {row['cfg_scale']}, top-k {row['top_k']}, "
              f"top-p {row['top_p']}, seed {row['seed']}, {row['image_format']}, protocol {row['protocol_hash']}]")
     return (" ".join(parts) + " " if parts else "") + proto + (f" {row['note']}" if row.get("note") else "")

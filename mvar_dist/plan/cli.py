@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from mvar_dist.config.numbers import cli_number
+
 from .memory import MemoryPlan, PlanError, PlanSettings, make_plan
 from .shapes import build_meta_model, shapes_of, tokenizer_param_count
 
@@ -12,18 +14,18 @@ from .shapes import build_meta_model, shapes_of, tokenizer_param_count
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="preset name or YAML path (e.g. mvar_d30)")
     p.add_argument("overrides", nargs="*", help="dotted config overrides such as optim.global_batch=512")
-    p.add_argument("--gpus", type=int, required=True, help="number of GPUs (ZeRO-3 world size)")
-    p.add_argument("--gpu-mem-gib", type=float, required=True, help="memory per GPU in GiB (e.g. 80)")
-    p.add_argument("--micro-batch", type=int, default=0,
+    p.add_argument("--gpus", type=cli_number(int, lo=0, lo_open=True), required=True, help="number of GPUs (ZeRO-3 world size)")
+    p.add_argument("--gpu-mem-gib", type=cli_number(float, lo=0, lo_open=True), required=True, help="memory per GPU in GiB (e.g. 80)")
+    p.add_argument("--micro-batch", type=cli_number(int, lo=0), default=0,
                    help="images per GPU per forward; default: the config's, else the largest that fits")
     p.add_argument("--act-checkpoint", choices=("auto", "on", "off"), default="auto",
                    help="activation checkpointing; auto = off if the micro batch fits without it")
-    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation for the step time")
-    p.add_argument("--peak-tflops", type=float, default=312.0,
+    p.add_argument("--mfu", type=cli_number(float, lo=0, hi=1, lo_open=True), default=0.4, help="model FLOPs utilisation for the step time")
+    p.add_argument("--peak-tflops", type=cli_number(float, lo=0, lo_open=True), default=312.0,
                    help="dense bf16 peak per GPU in TFLOP/s (A100 312, H100/H200 989)")
-    p.add_argument("--headroom", type=float, default=0.10,
+    p.add_argument("--headroom", type=cli_number(float, lo=0, hi=1, hi_open=True), default=0.10,
                    help="fraction of GPU memory kept free for allocator fragmentation")
-    p.add_argument("--reserve-gib", type=float, default=1.5, help="CUDA context + NCCL + workspace, GiB")
+    p.add_argument("--reserve-gib", type=cli_number(float, lo=0), default=1.5, help="CUDA context + NCCL + workspace, GiB")
     p.add_argument("--ops", choices=("kernel", "reference"), default="kernel",
                    help="whose saved tensors to count: GPU kernels (flash attention, mamba-ssm) or the torch "
                         "reference ops (no mamba-ssm installed / CPU)")
@@ -58,9 +60,10 @@ def plan_from_args(a: argparse.Namespace) -> MemoryPlan:
 
 
 _LABELS = {
-    "params": "params (bf16, 1/N)", "grads": "grads (bf16, 1/N)", "master_fp32": "fp32 master weights (1/N)",
+    "params": "params (bf16, 1/N)", "grads": "grads (fp32 accumulation, 1/N)", "master_fp32": "fp32 master weights (1/N)",
     "adam_states": "AdamW exp_avg + exp_avg_sq (fp32, 1/N)", "gathered_params": "ZeRO-3 gathered params + prefetch",
-    "grad_buckets": "ZeRO-3 gradient buffers", "tokenizer": "VQVAE tokenizer (fp32, whole)",
+    "grad_buckets": "ZeRO-3 gradient buffers (fp32 reduce)",
+    "autocast_cache": "autocast 16-bit weight copies (whole model)", "tokenizer": "VQVAE tokenizer (fp32, whole)",
     "activations_saved": "activations saved (x micro batch)",
     "backward_peak_extra": "backward peak: logits / recompute (x micro)", "reserve": "CUDA context + NCCL reserve",
 }
@@ -74,7 +77,7 @@ def format_plan(p: MemoryPlan) -> str:
     for k, v in p.per_rank_gib.items():
         label = _LABELS.get(k, k)
         if dt != "bf16":
-            label = label.replace("bf16", dt)
+            label = label.replace("bf16", "fp32" if dt in ("fp16", "bf16-autocast") else dt)
         lines.append(f"{label:<48}{v:>10.2f}")
     lines += ["-" * 58, f"{'total':<48}{p.total_gib:>10.2f}",
               f"{'usable (GPU memory minus headroom)':<48}{p.usable_gib:>10.2f}", "",

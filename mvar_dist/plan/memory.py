@@ -22,7 +22,9 @@ from .activations import KERNEL, activation_model
 from .shapes import ModelShapes
 
 GIB = 1024 ** 3
-DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "bf16-autocast": 2}     # activations
+WEIGHT_BYTES = {"bf16": 2, "fp16": 4, "fp32": 4, "bf16-autocast": 4}    # the working weights (fp16 = AMP: fp32)
+AUTOCAST = ("fp16", "bf16-autocast")                                    # modes under torch.autocast
 
 
 class PlanError(ValueError):
@@ -62,9 +64,10 @@ def model_state_bytes(s: ModelShapes, world: int, precision: str = "bf16") -> Di
     """Per-rank bytes of params, grads, fp32 master weights and AdamW states under ZeRO-3."""
     sharded = s.num_params - s.persistent_params
     per_rank = sharded / world + s.persistent_params
-    a = DTYPE_BYTES[precision]
-    out = {"params": a * per_rank, "grads": a * per_rank}
-    out["master_fp32"] = 0.0 if precision == "fp32" else 4 * per_rank
+    w = WEIGHT_BYTES[precision]
+    # grads: configs/zero3.json accumulates them in fp32 (data_types.grad_accum_dtype) in every mode
+    out = {"params": w * per_rank, "grads": 4 * per_rank}
+    out["master_fp32"] = 0.0 if w == 4 else 4 * per_rank
     out["adam_states"] = 8 * per_rank
     return out
 
@@ -72,13 +75,15 @@ def model_state_bytes(s: ModelShapes, world: int, precision: str = "bf16") -> Di
 def zero3_buffer_bytes(s: ModelShapes, precision: str = "bf16", world: int = 2) -> Dict[str, float]:
     """Gathered parameters (largest module + prefetch bucket, 0.9 width^2) and gradient buffers
     (largest module's full gradient + reduce bucket, width^2), in the training dtype; the trainer's
-    engine.py fills the buckets with these sizes. One rank gathers nothing it does not already hold."""
+    engine.py fills the buckets with these sizes. One rank gathers nothing it does not already hold.
+    Gradients are reduced in fp32 (configs/zero3.json communication_data_type). The autocast modes
+    add torch.autocast's cache: a 16-bit copy of every weight the forward used, held until it ends."""
+    cache = {"autocast_cache": 2.0 * s.num_params} if precision in AUTOCAST else {}
     if world == 1:
-        return {"gathered_params": 0.0, "grad_buckets": 0.0}
-    a = DTYPE_BYTES[precision]
+        return {"gathered_params": 0.0, "grad_buckets": 0.0, **cache}
     h2 = s.width * s.width
-    return {"gathered_params": a * (s.largest_module_params + int(0.9 * h2)),
-            "grad_buckets": a * (s.largest_module_params + h2)}
+    return {"gathered_params": WEIGHT_BYTES[precision] * (s.largest_module_params + int(0.9 * h2)),
+            "grad_buckets": 4 * (s.largest_module_params + h2), **cache}
 
 
 @dataclass

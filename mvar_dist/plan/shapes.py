@@ -59,7 +59,7 @@ def tokenizer_param_count(run_cfg) -> int:
     turn token ids into teacher inputs."""
     import torch
 
-    from mvar_dist.tokenizer import MultiScaleVQVAE
+    from mvar_dist.vqvae import MultiScaleVQVAE
 
     tok = run_cfg.tokenizer
     with torch.device("meta"):

@@ -1,7 +1,8 @@
 """The sweep's results table: one row per (run, checkpoint), rebuilt from the runs' own outputs.
 
 Inputs per run folder (the trainer's layout): `metrics.jsonl` (one record per log step),
-`summary.json` (written when the run finished), `checkpoints/step_XXXXXXXX/COMPLETE`; and the
+`summary.json` (written when the run finished), its complete checkpoints (under its ckpt.dir,
+runs/layout.py); and the
 evaluation tables `<out_root>/eval/eval_results.csv` (FID, IS) and `<out_root>/eval/fd_demo.csv`
 (FD-demo, the embedded-dataset demos' offline distance; never FID), keyed by checkpoint id
 `<run>/step_XXXXXXXX`.
@@ -12,17 +13,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from mvar_dist.fsio import write_text_atomic
+from mvar_dist.runs.layout import checkpoint_id, run_checkpoints
 
 from .params import count_params, flops_per_image
 
 TABLE_NAME = "results.csv"
 EVAL_DIR = "eval"
-_STEP_RE = re.compile(r"^step_(\d+)$")
 BASE_COLUMNS = ["sweep", "run_id", "arch", "depth", "width", "budget", "seed", "checkpoint", "step", "is_final",
                 "status", "params_total", "params_non_embedding", "flops_per_image", "images_seen", "tokens_seen",
                 "train_flops", "loss", "L_mean", "L_tail", "err_mean", "err_tail"]
@@ -48,15 +48,8 @@ def metrics_by_step(run_dir: Path) -> Dict[int, Dict[str, Any]]:
 
 
 def complete_checkpoint_steps(run_dir: Path) -> List[int]:
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    steps = []
-    for d in root.iterdir():
-        m = _STEP_RE.match(d.name)
-        if m and (d / "COMPLETE").is_file():
-            steps.append(int(m.group(1)))
-    return sorted(steps)
+    """Steps of the run's complete checkpoints, wherever its ckpt.dir is (local or s3://)."""
+    return [c.step for c in run_checkpoints(run_dir)]
 
 
 def read_summary(run_dir: Path) -> Optional[Dict[str, Any]]:
@@ -104,7 +97,7 @@ def run_rows(sweep, spec, evals: Dict[str, Dict[str, str]],
     rows = []
     for step in sorted(steps):
         rec = records.get(step) or _at_or_before(records, step)
-        ckpt_id = f"{run_dir.name}/step_{step:08d}"
+        ckpt_id = checkpoint_id(run_dir.name, step)
         ev, fd = evals.get(ckpt_id, {}), (fd_rows or {}).get(ckpt_id, {})
         images = int(rec.get("images_seen", step * cfg.optim.global_batch))
         row = {"sweep": sweep.name, "run_id": spec.run_id, "arch": spec.arch, "depth": spec.depth,

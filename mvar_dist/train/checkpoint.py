@@ -20,14 +20,14 @@ The folder is assembled under a temporary name and renamed into place, so a read
 half-written step folder; the marker makes that explicit for readers on object stores and for
 copies made by other tools. Its file list lets resume tell a damaged folder (a truncated shard, a
 flipped bit) from a whole one before loading anything. An s3:// root has no rename: the folder is
-staged locally, uploaded by its writers, and the marker alone publishes it (remote.py).
+staged locally, uploaded by its writers, and the marker alone publishes it (runs/storage.py).
+Folder names, the marker and meta.json belong to runs/layout.py; local/S3 access to runs/storage.py.
 """
 from __future__ import annotations
 
 import json
 import os
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -39,42 +39,15 @@ import numpy as np
 import torch
 
 from mvar_dist.fsio import atomic_path, write_text_atomic
-from . import manifest as mf
-from .manifest import MARKER, CheckpointDamaged
+from mvar_dist.runs import manifest as mf
+from mvar_dist.runs.layout import (is_complete, is_marked, latest_checkpoint, list_checkpoints,  # noqa: F401 (ck.* callers)
+                                   parse_step, read_meta, step_name, step_of)
+from mvar_dist.runs.manifest import MARKER, CheckpointDamaged
+from mvar_dist.runs.storage import LocalRoot, RemoteRoot, is_remote, open_root, set_aside
 
 DS_DIR = "ds"
 DS_TAG = "state"
 UNIVERSAL_TAG = "universal"
-_STEP_RE = re.compile(r"^step_(\d{8})$")
-DAMAGED_PREFIX = "damaged."
-
-
-def step_name(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def is_complete(folder: Path) -> bool:
-    return (folder / MARKER).is_file() and (folder / "meta.json").is_file()
-
-
-def list_checkpoints(root: Path, complete_only: bool = True) -> List[Path]:
-    """Step folders under root, oldest first; by default only those with the completion marker."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    out = [p for p in root.iterdir() if p.is_dir() and _STEP_RE.match(p.name)]
-    if complete_only:
-        out = [p for p in out if is_complete(p)]
-    return sorted(out, key=lambda p: int(_STEP_RE.match(p.name).group(1)))
-
-
-def latest_checkpoint(root: Path) -> Optional[Path]:
-    found = list_checkpoints(root)
-    return found[-1] if found else None
-
-
-def read_meta(folder: Path) -> Dict[str, Any]:
-    return json.loads((Path(folder) / "meta.json").read_text())
 
 
 def retention_victims(steps: List[int], keep_last: int, keep_every: int) -> List[int]:
@@ -120,45 +93,6 @@ def check_meta_compatible(meta: Dict[str, Any], expect: Dict[str, Any], where: P
                              f"use another ckpt.dir or ckpt.resume=none")
 
 
-def step_of(folder) -> int:
-    return int(_STEP_RE.match(Path(folder).name).group(1))
-
-
-class LocalRoot:
-    """A checkpoint root on a filesystem, with the methods plan_resume shares with remote.RemoteRoot."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-
-    def uri_of(self, name: str) -> str:
-        return str(self.root / name)
-
-    def names(self) -> List[str]:
-        return [p.name for p in list_checkpoints(self.root)]
-
-    def exists(self, name: str) -> bool:
-        return (self.root / name).is_dir()
-
-    def is_complete(self, name: str) -> bool:
-        return is_complete(self.root / name)
-
-    def problem(self, name: str, mode: str) -> Optional[str]:
-        return mf.verify_folder(self.root / name, mode)
-
-    def read_text(self, name: str, rel: str) -> str:
-        return (self.root / name / rel).read_text()
-
-    def set_aside(self, name: str) -> str:
-        return set_aside(self.root / name).name
-
-
-def open_root(root):
-    """LocalRoot, or remote.RemoteRoot for an s3:// root (pass it as a str: Path would fold the //)."""
-    from . import remote
-
-    return remote.RemoteRoot(str(root)) if remote.is_remote(root) else LocalRoot(Path(root))
-
-
 def plan_resume(resume: str, root, world_size: int, expect: Dict[str, Any], verify: str = "hash",
                 max_fallback_steps: int = 0, allow_fallback: bool = False,
                 stage_dir: Optional[Path] = None) -> Optional[ResumePlan]:
@@ -191,7 +125,7 @@ def _explicit(resume: str, verify: str):
     store = open_root(parent)
     if not store.exists(name):
         raise FileNotFoundError(f"ckpt.resume={resume}: no such checkpoint folder")
-    if not store.is_complete(name):
+    if name not in store.marked_names():
         raise ValueError(f"ckpt.resume={resume}: folder has no {MARKER} marker (an interrupted save); refusing it")
     problem = store.problem(name, verify)
     if problem:
@@ -204,7 +138,7 @@ def _newest_verified(store, verify: str, max_fallback_steps: int, allow_fallback
     """The newest complete folder that verifies; damaged newer ones are reported and set aside."""
     mf.check_mode(verify)
     damaged = []
-    for name in reversed(store.names()):
+    for name in reversed(store.marked_names()):  # a marked folder that lost meta.json is damaged, not absent
         problem = store.problem(name, verify)
         if problem is None:
             break
@@ -239,18 +173,6 @@ def _note_unverified(store, name: str, notes: List[str]) -> None:
                      f"checkpoints were verified); loading it unverified")
 
 
-def set_aside(folder: Path) -> Path:
-    """Move a damaged folder out of the step_* namespace: resume, retention and clean-up ignore it."""
-    folder = Path(folder)
-    dst = folder.with_name(DAMAGED_PREFIX + folder.name)
-    n = 1
-    while dst.exists():
-        dst = folder.with_name(f"{DAMAGED_PREFIX}{folder.name}.{n}")
-        n += 1
-    os.replace(folder, dst)
-    return dst
-
-
 def ensure_universal(folder: Path) -> Path:
     """Convert folder/ds/state to DeepSpeed's universal format once (cached); call on one rank only."""
     ds_dir = Path(folder) / DS_DIR
@@ -274,12 +196,10 @@ class CheckpointWriter:
     """Writes one step folder collectively; rank 0 publishes it and applies retention.
 
     With an s3:// root the folder is assembled in `stage_dir` (node-local), each rank uploads the
-    files it wrote, and publishing is writing the remote marker (see remote.py)."""
+    files it wrote, and publishing is writing the remote marker (see runs/storage.py)."""
 
     def __init__(self, root, rank: int, keep_last: int, keep_every: int, stage_dir: Optional[Path] = None):
-        from . import remote
-
-        self.remote = remote.RemoteRoot(str(root)) if remote.is_remote(root) else None
+        self.remote = RemoteRoot(str(root)) if is_remote(root) else None
         if self.remote is not None and stage_dir is None:
             raise ValueError(f"ckpt.dir={root} needs a local staging folder (ckpt.stage_dir)")
         self.root = Path(stage_dir) if self.remote is not None else Path(root)
@@ -299,7 +219,7 @@ class CheckpointWriter:
                 if p.name.startswith(".tmp.") or p.name.startswith(".trash."):
                     shutil.rmtree(p, ignore_errors=True)
             for p in list_checkpoints(self.root, complete_only=False):
-                if not is_complete(p):
+                if not is_marked(p):  # a marked folder missing a file is resume's to set aside, never deleted
                     shutil.rmtree(p, ignore_errors=True)
 
     def tmp_folder(self, step: int) -> Path:
@@ -350,7 +270,9 @@ class CheckpointWriter:
             self.apply_retention()
             return final
         write_text_atomic(tmp / MARKER, text, fsync=True)
-        if final.exists():  # an incomplete leftover with the same name (complete ones are never re-saved)
+        if final.exists() and is_marked(final):  # a damaged finished save (e.g. lost meta.json): keep it
+            set_aside(final)
+        elif final.exists():  # an incomplete leftover with the same name
             shutil.rmtree(final)
         # Not fsio.atomic_path: every rank wrote into this temp folder, so its name is fixed by the
         # step (not this process), and clean_stale removes it if the save died.
@@ -365,7 +287,7 @@ class CheckpointWriter:
             for n in victims:
                 self.remote.delete(n)
             return [self.remote.uri_of(n) for n in victims]
-        done = {int(_STEP_RE.match(p.name).group(1)): p for p in list_checkpoints(self.root)}
+        done = {parse_step(p.name): p for p in list_checkpoints(self.root)}
         removed = []
         for s in retention_victims(list(done), self.keep_last, self.keep_every):
             # Rename first so a crash mid-delete never leaves a complete-looking partial folder. This

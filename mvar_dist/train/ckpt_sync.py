@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Optional
 import torch.distributed as dist
 
 from . import checkpoint as ck
-from . import manifest as mf
+from mvar_dist.runs import manifest as mf
 
 
 def stage_dir(cfg) -> Path:
@@ -52,7 +52,7 @@ def _fetch_agreed(plan: ck.ResumePlan, rank: int) -> None:
     Same world size: its shards, RNG file and the loader/meta files. Another world size: rank 0 first
     makes the universal copy unless the remote folder has one (downloads all of ds/state, converts,
     uploads ds/universal with its own marker: later resumes reuse it), then every rank downloads it."""
-    from . import remote
+    from . import remote_fetch as remote
 
     root, name = plan.remote.rsplit("/", 1)
     store = None

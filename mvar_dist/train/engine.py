@@ -9,11 +9,13 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
 from mvar_dist.config import ConfigError, RunConfig, configs_dir
+
+from .amp import install_official_amp
 
 AUTO = "auto"
 
@@ -56,21 +58,25 @@ def _fill(section: Dict[str, Any], key: str, value: Any, what: str) -> None:
                                        f"set it to \"auto\" or change the run config")
 
 
-def fill_ds_config(template: Dict[str, Any], cfg: RunConfig, world_size: int, load_universal: bool = False
-                   ) -> Dict[str, Any]:
-    """The DeepSpeed config for this run with every "auto" resolved (the template is not modified)."""
+def fill_ds_config(template: Dict[str, Any], cfg: RunConfig, world_size: int, load_universal: bool = False,
+                   split: Optional[Tuple[int, int]] = None) -> Dict[str, Any]:
+    """The DeepSpeed config for this run with every "auto" resolved (the template is not modified).
+
+    split: the trainer's (micro batch, accumulation steps) from batch_split; computed here when absent."""
     ds = copy.deepcopy(template)
     if "optimizer" in ds or "scheduler" in ds:
         raise ConfigError("ds_config", "remove 'optimizer'/'scheduler' from the DeepSpeed config: the trainer builds "
                                        "AdamW with the official no-weight-decay groups and sets lr/wd every step")
-    micro, accum = batch_split(cfg.optim.global_batch, cfg.optim.micro_batch, world_size)
+    micro, accum = split or batch_split(cfg.optim.global_batch, cfg.optim.micro_batch, world_size)
     _fill(ds, "train_batch_size", cfg.optim.global_batch, "optim.global_batch")
     _fill(ds, "train_micro_batch_size_per_gpu", micro, "micro batch")
     _fill(ds, "gradient_accumulation_steps", accum, "gradient accumulation steps")
     _fill(ds, "gradient_clipping", float(cfg.optim.clip), "optim.clip")
-    for name in ("bf16", "fp16"):
-        sec = ds.setdefault(name, {})
-        _fill(sec, "enabled", cfg.optim.precision == name, f"optim.precision ({cfg.optim.precision})")
+    _fill_precision(ds, cfg.optim.precision)
+    # fp32 gradient reduce-scatter and accumulation unless the JSON says otherwise: DeepSpeed's default
+    # is the weights' dtype, i.e. bf16 gradient sums in `bf16` runs.
+    ds.setdefault("communication_data_type", "fp32")
+    ds.setdefault("data_types", {}).setdefault("grad_accum_dtype", "fp32")
     zero = ds.setdefault("zero_optimization", {})
     if zero.get("stage", 3) != 3:
         raise ConfigError("ds_config", f"zero_optimization.stage is {zero.get('stage')}; this trainer is built for ZeRO-3")
@@ -86,6 +92,24 @@ def fill_ds_config(template: Dict[str, Any], cfg: RunConfig, world_size: int, lo
     if leftover:
         raise ConfigError("ds_config", f"no rule fills these \"auto\" values: {', '.join(leftover)}")
     return ds
+
+
+def _fill_precision(ds: Dict[str, Any], precision: str) -> None:
+    """bf16: DeepSpeed's bf16 weights. bf16-autocast and fp16: fp32 weights (they are the master
+    weights) and DeepSpeed's torch_autocast around the forward; fp16 adds the official loss scale
+    (amp.py). An empty lower_precision_safe_modules keeps every gradient's reduce-scatter in fp32
+    (DeepSpeed's default list would reduce Linear/Conv gradients in the autocast dtype)."""
+    what = f"optim.precision ({precision})"
+    _fill(ds.setdefault("bf16", {}), "enabled", precision == "bf16", what)
+    _fill(ds.setdefault("fp16", {}), "enabled", False, what + ": fp16 is autocast over fp32 weights, not fp16 weights")
+    autocast = {"bf16-autocast": "bfloat16", "fp16": "float16"}.get(precision)
+    sec = ds.setdefault("torch_autocast", {})
+    _fill(sec, "enabled", autocast is not None, what)
+    if autocast is None:
+        ds.pop("torch_autocast")
+        return
+    _fill(sec, "dtype", autocast, what)
+    sec.setdefault("lower_precision_safe_modules", [])
 
 
 def _walk(d: Dict[str, Any], prefix: str = ""):
@@ -125,11 +149,14 @@ def build_engine(model: torch.nn.Module, cfg: RunConfig, ds_config: Dict[str, An
 
     optimizer, wd_mults = build_optimizer(model, cfg)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    if cfg.optim.precision == "fp16":
+        install_official_amp(engine)
     return engine, wd_mults
 
 
 def engine_dtype(cfg: RunConfig) -> torch.dtype:
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.optim.precision]
+    """dtype of the weights the forward sees (autocast modes keep fp32 weights and cast per op)."""
+    return torch.bfloat16 if cfg.optim.precision == "bf16" else torch.float32
 
 
 def oom_message(cfg: RunConfig, micro: int) -> str:

@@ -18,9 +18,10 @@ import torch
 import torch.distributed as dist
 
 from mvar_dist.config import ConfigError, RunConfig
-from mvar_dist.distributed import destroy_process_group, init_process_group
+from mvar_dist.distributed import all_reduce_, destroy_process_group, init_process_group
 from mvar_dist.fsio import write_text_atomic
 from . import checkpoint as ck
+from . import safe_load, startup
 from .ckpt_sync import agreed_plan, publish_agreed, stage_dir
 from .engine import batch_split, build_engine, engine_dtype, fill_ds_config, oom_message, read_ds_config, \
     repair_after_universal_load, reset_zero3_trace, set_lr_wd
@@ -46,15 +47,10 @@ class TrainHooks:
     loss(step, loss) -> loss: called on each micro batch's loss before backward, with the 1-based
     optimizer step it belongs to. Fault drills use it to make chosen steps' losses NaN.
     before_upload(step, rank): called before a rank uploads its checkpoint files to an s3:// ckpt.dir;
-    raising there is a failed upload (the fault drill of tests/train_with_failed_upload.py)."""
+    raising there is a failed upload (the fault drill of tests/helpers/train_with_failed_upload.py)."""
 
     loss: Callable[[int, torch.Tensor], torch.Tensor] = _unchanged_loss
     before_upload: Optional[Callable[[int, int], None]] = None
-
-
-def _all_reduce(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
-    dist.all_reduce(t, op=op)
-    return t
 
 
 def drop_labels(labels_B: torch.Tensor, num_classes: int, p: float, seed: int, step: int, offset: int,
@@ -145,11 +141,12 @@ def train(cfg: RunConfig, ds_config_path: Optional[str] = None, zero_init: str =
     """Train to cfg.optim.max_steps (or epochs); returns the summary (rank 0) or {} (other ranks)."""
     rank, world, device = init_process_group(single_process=True)
     try:
-        run = _setup(cfg, ds_config_path, zero_init, rank, world, device)
-        try:
-            return _loop(run, hooks)
-        finally:
-            run.close()
+        with startup.output_lock(cfg, rank, device):
+            run = _setup(cfg, ds_config_path, zero_init, rank, world, device)
+            try:
+                return _loop(run, hooks)
+            finally:
+                run.close()
     finally:
         destroy_process_group()
 
@@ -159,11 +156,9 @@ def _setup(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: 
            device: torch.device) -> _Run:
     """Tokenizer, data, resume plan, engine (with the resumed state) and the writers."""
     from mvar_dist.data import LoaderSettings, TokenLoader
-    from mvar_dist.tokenizer import MultiScaleVQVAE
+    from mvar_dist.vqvae import MultiScaleVQVAE
 
     micro, accum = batch_split(cfg.optim.global_batch, cfg.optim.micro_batch, world)
-    if cfg.optim.precision == "fp16" and device.type != "cuda":
-        raise ConfigError("optim.precision", "fp16 (with loss scaling) needs a CUDA device; use bf16 or fp32 on CPU")
 
     # The frozen tokenizer turns token ids into the teacher input on the device.
     vae = MultiScaleVQVAE.from_config(cfg.tokenizer, seed=0).to(device).eval().requires_grad_(False)
@@ -173,6 +168,7 @@ def _setup(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: 
     if cfg.log.val_every > 0 and cfg.data.val_fraction > 0:
         val_loader = TokenLoader(LoaderSettings.from_config(cfg, rank, world, split="val", tokenizer_hash=tok_hash,
                                                             global_batch=micro * world))
+    startup.check_num_classes(cfg, loader.manifest.num_classes, cfg.data.shards)
     max_steps = cfg.optim.max_steps or cfg.optim.epochs * loader.steps_per_epoch
 
     # The resume plan comes first: a world-size change needs the universal copy and a config flag at init.
@@ -181,21 +177,26 @@ def _setup(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: 
         writer.clean_stale()
     dist.barrier()
     plan = agreed_plan(cfg, rank, _shape(cfg))
+    startup.check_resume_tokenizer(cfg, plan, tok_hash)
     if plan is not None and plan.universal:
         if rank == 0:
+            safe_load.check_state_files(plan.folder / ck.DS_DIR / ck.DS_TAG)  # before the converter unpickles it
             ck.ensure_universal(plan.folder)
         dist.barrier()
-    ds_config = fill_ds_config(read_ds_config(ds_config_path), cfg, world, load_universal=bool(plan and plan.universal))
+    ds_config = fill_ds_config(read_ds_config(ds_config_path), cfg, world, load_universal=bool(plan and plan.universal),
+                               split=(micro, accum))
 
     big = cfg.model.width >= 1536  # d24 and up: never materialise the full model per rank
     model = _build_model(cfg, ds_config, zero_init == "on" or (zero_init == "auto" and big and world > 1))
     engine, wd_mults = build_engine(model, cfg, ds_config)
+    safe_load.install(engine)
     run = _Run(cfg, rank, world, device, micro, accum, vae=vae, tok_hash=tok_hash, loader=loader,
                val_loader=val_loader, max_steps=max_steps,
                sched=Schedule.from_config(cfg.optim, loader.steps_per_epoch, max_steps), engine=engine,
                wd_mults=wd_mults, num_params=int(model.num_params()),
                flops_per_image=int(model.flops_per_image(train=True)),
                peak_flops=device_peak_flops(device, cfg.optim.precision, cfg.log.peak_tflops), writer=writer)
+    startup.check_space(cfg, rank, device, run.num_params)
     _resume(run, plan)
     _open_logs(run, plan)
     return run
@@ -207,6 +208,7 @@ def _resume(run: _Run, plan: Optional[ck.ResumePlan]) -> None:
     if plan is None:
         torch.manual_seed(cfg.seed * 1009 + rank)
         return
+    safe_load.check_state_files(plan.folder / ck.DS_DIR / plan.tag)
     run.engine.load_checkpoint(str(plan.folder / ck.DS_DIR), tag=plan.tag, load_optimizer_states=True,
                                load_lr_scheduler_states=False, load_module_strict=True)
     if plan.universal:
@@ -283,7 +285,7 @@ def _forever(loader) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _any_rank(flag: bool, device: torch.device) -> bool:
-    return _all_reduce(torch.tensor([float(flag)], device=device), dist.ReduceOp.MAX).item() > 0
+    return all_reduce_(torch.tensor([float(flag)], device=device), dist.ReduceOp.MAX).item() > 0
 
 
 def _forward_backward(run: _Run, labels_B: torch.Tensor, tokens_BL: torch.Tensor,
@@ -312,7 +314,7 @@ def _forward_backward(run: _Run, labels_B: torch.Tensor, tokens_BL: torch.Tensor
             local_loss += float(loss.detach()) / run.accum
     except torch.OutOfMemoryError as e:
         raise ConfigError("optim.micro_batch", oom_message(cfg, run.micro)) from e
-    return _all_reduce(sums), _all_reduce(fingerprint), local_loss
+    return all_reduce_(sums), all_reduce_(fingerprint), local_loss
 
 
 def _record_step(run: _Run, sums: torch.Tensor, fingerprint: torch.Tensor, local_loss: float, lr: float,
@@ -448,7 +450,7 @@ def evaluate(engine, vae, val_loader, patch_nums, micro: int, dtype, device) -> 
             logits_BLV = engine(labels_B[sl], teacher_BLC[sl])
             ce_BL, _ = token_losses(logits_BLV, tokens_BL[sl])
             sums += scale_sums(ce_BL, logits_BLV, tokens_BL[sl], patch_nums)
-    _all_reduce(sums)
+    all_reduce_(sums)
     engine.train()
     reset_zero3_trace(engine)
     out = summarize(sums, patch_nums)

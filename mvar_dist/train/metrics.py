@@ -32,7 +32,7 @@ def device_peak_flops(device: torch.device, precision: str, override_tflops: flo
     for key, peak in _PEAK_BF16:
         if key in name:
             # fp32 matmuls run as TF32 on these parts at about half the bf16 rate.
-            return peak if precision in ("bf16", "fp16") else peak / 2
+            return peak if precision in ("bf16", "bf16-autocast", "fp16") else peak / 2
     return 0.0
 
 
