@@ -17,6 +17,6 @@ def _save_then_die(img, path):
 
 
 sampling.save_png = _save_then_die
-launcher = Path(__file__).resolve().parent.parent / "launchers" / "eval_service.py"
+launcher = Path(__file__).resolve().parents[2] / "launchers" / "eval_service.py"
 sys.argv = [str(launcher), *sys.argv[1:]]
 runpy.run_path(str(launcher), run_name="__main__")

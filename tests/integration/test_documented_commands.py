@@ -345,6 +345,10 @@ ELSEWHERE: Dict[str, str] = {
     EVAL_TORCHRUN_N: "tests/integration/test_eval_cli.py::test_service_on_two_ranks_with_kill_and_restart_equals_one_process",
     RELEASED_EVAL: "tests/integration/test_eval_cli.py::test_service_on_two_ranks_with_kill_and_restart_equals_one_process:"
                    " tiny checkpoints, random Inception weights (no released weights or GPU in CI)",
+    "python tests/fixtures/make_parity_fixtures.py":
+        "tests/unit/test_eval_inception.py::test_pool_features_and_fid_equal_vendored_pytorch_fid_outputs and"
+        " tests/unit/test_tokenizer_training_lpips.py::test_lpips_equals_vendored_lpips_outputs read what it writes;"
+        " it runs only where the `parity` extra (torchvision) is installed",
     IMPORT_VAR: "tests/integration/test_eval_cli.py::test_import_official_then_sample: a tiny VAR, then sampled",
     IMPORT_MVAR: "tests/integration/test_eval_cli.py::test_import_official_then_sample: a tiny VAR, then sampled",
 }
