@@ -123,7 +123,8 @@ def test_import_official_then_sample(tmp_path):
     import torch
 
     from mvar_dist.config import load_config
-    from mvar_dist.eval.checkpoints import find_checkpoints, verify
+    from mvar_dist.eval.checkpoints import verify
+    from mvar_dist.runs.layout import find_checkpoints
     from mvar_dist.model import MVAR
     from mvar_dist.vqvae import MultiScaleVQVAE
 
