@@ -249,6 +249,7 @@ class EvalConfig:
     batch_size: int = 32            # sampling batch per rank
     inception_weights: str = ""     # pytorch-fid pt_inception-2015-12-05-6726825d.pth; "" = FID skipped
     reference_npz: str = ""         # VIRTUAL_imagenet256_labeled.npz (mu/sigma); "" = FID skipped
+    inception_mode: str = "adm"     # "adm": ADM's evaluator, as the papers; "pytorch-fid": its preprocessing
 
     def validate(self) -> None:
         _positive("eval.num_per_class", self.num_per_class)
@@ -257,6 +258,8 @@ class EvalConfig:
         check_number("eval.top_p", self.top_p, lo=0, hi=1, lo_open=True)
         if self.top_k < 0:
             raise ConfigError("eval.top_k", "must be >= 0 (0 = off)")
+        if self.inception_mode not in ("adm", "pytorch-fid"):
+            raise ConfigError("eval.inception_mode", f"must be 'adm' or 'pytorch-fid', got {self.inception_mode!r}")
 
 
 @dataclass

@@ -21,7 +21,13 @@ from mvar_dist.fsio import atomic_path
 from .registry import METRIC_COLUMNS
 
 RESULTS_NAME = "eval_results.csv"
-METRICS_VERSION = "mvar_dist-eval-1"  # bump when a metric's definition changes: old rows stop matching
+# bump when a metric's definition changes: old rows stop matching. v2: the Inception mode (adm | pytorch-fid)
+# is part of the definition; a row's metrics_version names it ("mvar_dist-eval-2/adm")
+METRICS_VERSION = "mvar_dist-eval-2"
+
+
+def metrics_version(mode: str) -> str:
+    return f"{METRICS_VERSION}/{mode}"
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,12 @@ class Protocol:
     image_format: str = "png"       # samples are lossless PNG (JPEG shifts FID)
     reference_sha256: str = ""      # sha256 of the reference .npz ("" = no reference: FID skipped)
     inception_sha256: str = ""      # sha256 of the Inception weights file ("" = none: FID skipped)
-    metrics_version: str = METRICS_VERSION
+    inception_mode: str = "adm"     # Inception preprocessing + IS logits: "adm" (the papers') or "pytorch-fid"
+    metrics_version: str = ""       # metric definitions; "" = metrics_version(inception_mode)
+
+    def __post_init__(self):
+        if not self.metrics_version:
+            object.__setattr__(self, "metrics_version", metrics_version(self.inception_mode))
 
     @property
     def num_samples(self) -> int:
@@ -50,6 +61,13 @@ class Protocol:
     def hash(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def sampling_hash(self) -> str:
+        """Hash of what fixes the images only: the metric fields are blanked (and the blob is the one of
+        metrics version 1, before the mode existed, so sample folders made then keep their names)."""
+        blob = {**asdict(self), "reference_sha256": "", "inception_sha256": "", "metrics_version": "mvar_dist-eval-1"}
+        del blob["inception_mode"]
+        return hashlib.sha256(json.dumps(blob, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
     def row_fields(self) -> Dict[str, object]:
         return {**asdict(self), "num_samples": self.num_samples}
