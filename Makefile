@@ -25,6 +25,9 @@ $(STAMP): setup.py $(LOCK)
 	$(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	$(PY) mvar_dist/install_lock.py $(LOCK) $(VENV_LOCK)
 	$(PY) -m pip install -q -c $(VENV_LOCK) -e ".[data,train,eval,dev]"
+	# torch-fidelity only for its Inception module (adm-mode parity tests); its package __init__ needs torchvision,
+	# which a CPU install leaves out, so it comes without dependencies, at the version pinned in the lock.
+	$(PY) -m pip install -q --no-deps -c $(VENV_LOCK) torch-fidelity
 	touch $(STAMP)
 
 # Rewrite constraints.txt from the current (green) .venv.

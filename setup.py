@@ -44,7 +44,7 @@ setup(
     packages=find_packages(include=["mvar_dist", "mvar_dist.*"]) + mapped_packages(),
     package_dir={**MAPPED, "": "."},
     package_data={"mvar_dist.configs": ["*.yaml", "*.json", "*/*.yaml", "*/*.json"]},
-    install_requires=["torch>=2.13.0", "numpy>=2.0", "pyyaml>=6.0", "safetensors>=0.4", "pillow>=10.0",
+    install_requires=["torch>=2.11.0", "numpy>=2.0", "pyyaml>=6.0", "safetensors>=0.4", "pillow>=10.0",
                       "tqdm>=4.66", "psutil>=5.9"],
     extras_require=extras,
     entry_points={"console_scripts": ["mvar-dist=mvar_dist.__main__:main"]},

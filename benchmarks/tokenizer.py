@@ -19,6 +19,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from mvar_dist.ops.codebook import describe, nearest_code_chunked, nearest_code_reference
+from mvar_dist.precision import set_tf32, tf32_enabled
 from mvar_dist.vqvae import MultiScaleVQVAE
 from mvar_dist.vqvae.weights import probe_image
 
@@ -33,15 +34,13 @@ def build(args) -> MultiScaleVQVAE:
 @contextlib.contextmanager
 def precision(device: str, mode: str):
     """fp32: TF32 off; tf32: TF32 matmul/conv (CUDA only); bf16: autocast bf16 for the encoder."""
-    prev = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    tf32 = mode == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
+    prev = tf32_enabled()
+    set_tf32(mode == "tf32")
     try:
         with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=(mode == "bf16")):
             yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
+        set_tf32(prev)
 
 
 def run(vae: MultiScaleVQVAE, imgs: torch.Tensor, device: str, mode: str, iters: int, chunk: int

@@ -57,10 +57,10 @@ def bench_encoder(device: str, batch_sizes, iters: int, tf32: bool) -> list:
     """img_to_ids alone with the full-size tokenizer (ch 160, V 4096, 256 px, random weights)."""
     import torch
 
+    from mvar_dist.precision import set_tf32
     from mvar_dist.vqvae import MultiScaleVQVAE
 
-    torch.backends.cudnn.allow_tf32 = tf32
-    torch.backends.cuda.matmul.allow_tf32 = tf32
+    set_tf32(tf32)
     vae = MultiScaleVQVAE.random(seed=0).to(device).eval()
     out = []
     for bs in batch_sizes:

@@ -92,8 +92,9 @@ class EncodeActor:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         # TF32 convs/matmuls move near-tie argmins: off by default so GPU ids equal the fp32 CPU ids.
-        torch.backends.cudnn.allow_tf32 = tf32
-        torch.backends.cuda.matmul.allow_tf32 = tf32
+        from mvar_dist.precision import set_tf32
+
+        set_tf32(tf32)
         state = None
         if state_ref is not None:
             import ray

@@ -3,6 +3,10 @@
     python launchers/eval_service.py --roots outputs/demo --work-dir outputs/eval --once
     python launchers/eval_service.py --roots s3://bucket/runs --work-dir /data/eval \\
         --inception-weights pt_inception-2015-12-05-6726825d.pth --reference VIRTUAL_imagenet256_labeled.npz
+    torchrun --nproc_per_node 8 launchers/eval_service.py --roots runs --work-dir /shared/eval --once ...
+
+Under torchrun every rank samples and scores its share of each checkpoint (the work dir must be shared);
+rank 0 writes the row, equal to a one-process run's.
 
 Protocol defaults come from the eval section of --config (a preset or YAML; eval.* dotted overrides also work)
 and each flag overrides them. Results: <work-dir>/eval_results.csv; TensorBoard: <run>/tb/eval.
@@ -41,6 +45,8 @@ def parse(argv):
     p.add_argument("--poll", type=cli_number(float, lo=0, lo_open=True), default=60.0, help="seconds between passes when watching")
     p.add_argument("--inception-weights", default=None, help="pytorch-fid pt_inception-2015-12-05-6726825d.pth")
     p.add_argument("--reference", default=None, help="reference batch .npz (mu/sigma[, mu_s/sigma_s, arr_0])")
+    p.add_argument("--inception-mode", choices=("adm", "pytorch-fid"), default=None,
+                   help="adm (default, ADM's evaluator as the papers) or pytorch-fid preprocessing and IS")
     p.add_argument("--num-per-class", type=cli_number(int, lo=0, lo_open=True), default=None)
     p.add_argument("--cfg-scale", type=cli_number(float, lo=0), default=None)
     p.add_argument("--top-k", type=cli_number(int, lo=0), default=None)
@@ -49,7 +55,9 @@ def parse(argv):
     p.add_argument("--batch-size", type=cli_number(int, lo=0, lo_open=True), default=None)
     p.add_argument("--weights", choices=("raw", "ema"), default=None,
                    help="generator weights: raw (model.safetensors) or ema (model_ema.safetensors); in the protocol")
-    p.add_argument("--device", default="cuda" if _has_cuda() else "cpu")
+    p.add_argument("--inception-batch-size", type=cli_number(int, lo=0, lo_open=True), default=50,
+                   help="images per Inception forward")
+    p.add_argument("--device", default=None, help="default: this rank's GPU, else cpu")
     p.add_argument("--pack-npz", action="store_true", help="also pack each sample folder into an arr_0 .npz")
     p.add_argument("--no-tensorboard", action="store_true")
     p.add_argument("--fetch-inception", metavar="DIR", help="download the standard Inception weights, then exit")
@@ -62,19 +70,13 @@ def parse(argv):
     return p.parse_args(argv)
 
 
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def watch_tokenizers(a) -> int:
     """The tokenizer kind: each complete tokenizer step folder under --roots is evaluated once."""
     from mvar_dist.eval.tokenizer.evaluate import TokEvalOptions
     from mvar_dist.eval.tokenizer.service import TokenizerEvalService
 
     opts = TokEvalOptions(images=a.images or "", lpips_vgg=a.lpips_vgg, inception_weights=a.inception_weights or "",
-                          batch_size=a.batch_size or 16, device=a.device)
+                          inception_mode=a.inception_mode or "adm", batch_size=a.batch_size or 16, device=a.device)
     try:
         service = TokenizerEvalService(a.roots, a.work_dir, opts, poll_s=a.poll)
         service.watch(max_passes=1 if a.once else None)
@@ -101,8 +103,17 @@ def _main(argv) -> int:
     if not a.roots:
         print("error: --roots is required", file=sys.stderr)
         return 2
-    if a.kind == "tokenizer":
-        return watch_tokenizers(a)
+    from mvar_dist.distributed import destroy_process_group, init_process_group
+
+    _, _, device = init_process_group(single_process=False)  # a group only under torchrun
+    a.device = a.device or str(device)
+    try:
+        return watch_tokenizers(a) if a.kind == "tokenizer" else watch_models(a)
+    finally:
+        destroy_process_group()
+
+
+def watch_models(a) -> int:
     from mvar_dist.config import ConfigError, load_config
     from mvar_dist.eval.inception import InceptionWeightsError
     from mvar_dist.eval.reference import ReferenceError
@@ -115,11 +126,13 @@ def _main(argv) -> int:
         return 2
     flags = {"inception_weights": a.inception_weights, "reference_npz": a.reference,
              "num_per_class": a.num_per_class, "cfg_scale": a.cfg_scale, "top_k": a.top_k, "top_p": a.top_p,
-             "seed": a.seed, "batch_size": a.batch_size, "weights": a.weights}
+             "seed": a.seed, "batch_size": a.batch_size, "inception_mode": a.inception_mode,
+             "weights": a.weights}
     for name, value in flags.items():
         if value is not None:
             setattr(ev, name, value)
     opts = ServiceOptions.from_eval_config(ev, roots=a.roots, work_dir=a.work_dir, device=a.device,
+                                           inception_batch_size=a.inception_batch_size,
                                            pack_npz=a.pack_npz, tensorboard=not a.no_tensorboard, poll_s=a.poll)
     try:
         service = EvalService(opts)

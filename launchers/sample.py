@@ -6,6 +6,9 @@
     python launchers/sample.py pack samples/x_100k samples/x_100k.npz --expected 50000
     python launchers/sample.py reference imagenet_val_256/ ref.npz --inception-weights pt_inception-...pth
     python launchers/sample.py metrics samples/x_100k --inception-weights pt_inception-...pth --reference ref.npz
+    # a released checkpoint (official .pth) as a complete step folder (`sample --ckpt`, the eval service):
+    python launchers/sample.py import-official var_d16.pth released/var_d16/checkpoints/step_00000000 \\
+        --config var_d16 --vae vae_ch160v4096z32.pth
 
 Sampling resumes: rerunning the same command completes a half-done folder with identical images.
 """
@@ -48,6 +51,43 @@ def cmd_sample(a) -> int:
     return 0
 
 
+def cmd_import(a) -> int:
+    """An official checkpoint -> <out>/{model.safetensors, config.yaml, meta.json, COMPLETE}, checked against the
+    preset; the COMPLETE marker (written last, listing the files) makes it a step folder the service evaluates."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from mvar_dist.config import load_config, save_config
+    from mvar_dist.fsio import atomic_path, write_text_atomic
+    from mvar_dist.model import MVAR
+    from mvar_dist.runs import manifest as mf
+    from mvar_dist.runs.layout import META
+    from mvar_dist.vqvae import MultiScaleVQVAE
+
+    cfg = load_config(a.config, [f"tokenizer.checkpoint={os.path.abspath(a.vae)}", *a.overrides])
+    # raises when the file's shapes/keys disagree with the preset (wrong depth, arch or attn_l2_norm)
+    model = MVAR.from_official(a.weights, patch_nums=tuple(cfg.tokenizer.patch_nums), **dataclasses.asdict(cfg.model))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in model.official_state_dict().items()}, str(tmp))
+    save_config(cfg, out)
+    # the tokenizer's hash, so runs/generator.load_generator checks it as for a trained step folder
+    tok_hash = MultiScaleVQVAE.from_config(cfg.tokenizer, seed=0).weights_hash()
+    write_text_atomic(out / META, json.dumps({"step": 0, "arch": cfg.model.arch, "tokenizer_hash": tok_hash,
+                                              "imported_from": os.path.abspath(a.weights)}))
+    files = mf.describe(out, ["model.safetensors", "config.yaml", META])
+    marker = {"step": 0, "format": mf.MARKER_FORMAT, "world_size": 1,
+              "files": {rel: {**entry, "rank": 0} for rel, entry in files.items()}}
+    write_text_atomic(out / mf.MARKER, mf.marker_text(marker))
+    print(f"[import] {a.weights} ({cfg.model.arch}, depth {cfg.model.depth}) -> {out}; "
+          f"sample it with `launchers/sample.py sample --ckpt {out}`")
+    return 0
+
+
 def cmd_pack(a) -> int:
     from mvar_dist.eval.npz import pack_folder
 
@@ -60,10 +100,11 @@ def cmd_reference(a) -> int:
     from mvar_dist.eval.inception import build_inception
     from mvar_dist.eval.reference import reference_from_folder
 
-    net = build_inception(a.inception_weights, a.device)
+    net = build_inception(a.inception_weights, a.device, a.inception_mode)
     n = reference_from_folder(net, a.folder, a.out, batch_size=a.batch_size, keep_images=a.keep_images,
                               device=a.device)
-    print(f"reference statistics of {n} images -> {a.out} (inception sha256 {net.weights_sha256[:16]})")
+    print(f"reference statistics of {n} images -> {a.out} (inception sha256 {net.weights_sha256[:16]}, "
+          f"mode {net.mode}, recorded in the file)")
     return 0
 
 
@@ -73,14 +114,16 @@ def cmd_metrics(a) -> int:
     from mvar_dist.eval.evaluate import Evaluator
     from mvar_dist.eval.npz import load_images, save_png
 
-    ev = Evaluator(a.inception_weights or "", a.reference or "", a.device, batch_size=a.batch_size)
+    ev = Evaluator(a.inception_weights or "", a.reference or "", a.device, batch_size=a.batch_size,
+                   mode=a.inception_mode)
     folder = a.samples
     if a.samples.endswith(".npz"):  # an arr_0 batch from elsewhere: unpack to PNGs (lossless) first
         folder = tempfile.mkdtemp(prefix="mvar-eval-")
         for i, img in enumerate(load_images(a.samples)):
             save_png(img, os.path.join(folder, f"{i:06d}.png"))
     result = ev.evaluate(folder)
-    result.update(samples=a.samples, inception_sha256=ev.inception_sha256, reference_sha256=ev.reference_sha256)
+    result.update(samples=a.samples, inception_sha256=ev.inception_sha256, reference_sha256=ev.reference_sha256,
+                  inception_mode=ev.mode)
     print(json.dumps(result, indent=1))
     return 0
 
@@ -111,6 +154,12 @@ def _main(argv) -> int:
     s.add_argument("--weights", choices=("raw", "ema"), default="raw",
                    help="raw: model.safetensors; ema: model_ema.safetensors (runs trained with ema.enabled)")
     s.add_argument("--npz", action="store_true", help="also pack <out>.npz (arr_0) on rank 0")
+    m = sub.add_parser("import-official", help="an official VAR/M-VAR .pth -> a step folder for `sample --ckpt`")
+    m.add_argument("weights", help="official var_d16.pth / d16.pth (or .safetensors)")
+    m.add_argument("out", help="step folder to write")
+    m.add_argument("--config", required=True, help="the matching preset (var_d16, mvar_d16, ...) or YAML")
+    m.add_argument("--vae", required=True, help="the official tokenizer vae_ch160v4096z32.pth")
+    m.add_argument("overrides", nargs="*", help="dotted config overrides")
     k = sub.add_parser("pack", help="PNG folder -> .npz with arr_0 uint8 (N, H, W, 3)")
     k.add_argument("folder")
     k.add_argument("out")
@@ -127,10 +176,12 @@ def _main(argv) -> int:
             r.add_argument("--reference", default=None)
         r.add_argument("--inception-weights", required=name == "reference")
         r.add_argument("--batch-size", type=cli_number(int, lo=0, lo_open=True), default=50)
+        r.add_argument("--inception-mode", choices=("adm", "pytorch-fid"), default="adm",
+                       help="adm: ADM's evaluator (the papers' numbers, its reference batches); pytorch-fid")
         r.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
     try:
-        return {"sample": cmd_sample, "pack": cmd_pack, "reference": cmd_reference, "metrics": cmd_metrics}[a.cmd](a)
+        return {"sample": cmd_sample, "import-official": cmd_import, "pack": cmd_pack, "reference": cmd_reference, "metrics": cmd_metrics}[a.cmd](a)
     except (InceptionWeightsError, ReferenceError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Iterable, Tuple
+from typing import Iterable, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -93,3 +93,21 @@ def destroy_process_group() -> None:
     """Leave the group if one was made; without this a gloo rank sometimes aborts at interpreter exit."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def broadcast_from_0(obj):
+    """Rank 0's `obj` on every rank (any picklable object); the object itself without a group."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_to_0(obj) -> Optional[list]:
+    """Every rank's `obj`, in rank order, on rank 0 (None elsewhere); [obj] without a group."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out

@@ -8,7 +8,8 @@ recomputing sampler uses.
 
 Paths (picked by `scale_attention`, reported by `describe`):
   * "sdpa-mask":  SDPA with a dense boolean (L, L) mask; runs everywhere (the CPU path, fwd+bwd);
-  * "flex":       FlexAttention with a BlockMask (CUDA only: its CPU backward is not implemented);
+  * "flex":       FlexAttention with a BlockMask (CUDA only: its CPU backward is not implemented),
+                   tiles chosen for the scale layout, one compiled function per input signature;
   * "flash-varlen": flash-attn varlen over per-scale segments (intra only, CUDA, fp16/bf16),
                    cu_seqlens precomputed per batch size, max_seqlen = the largest scale;
   * "reference":  an fp32 per-scale loop (intra) / explicit softmax (causal), used by tests.
@@ -16,6 +17,8 @@ Paths (picked by `scale_attention`, reported by `describe`):
 from __future__ import annotations
 
 import functools
+import os
+import types
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -93,16 +96,60 @@ def _sdpa_mask(q, k, v, pns, kind, scale):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask_LL, scale=scale)
 
 
+# Flex tile candidates (query rows, key columns). The block mask skips tiles with no allowed pair, so
+# small tiles skip more of M-VAR's block diagonal; rows >= 64 and columns >= 32 keep tensor-core
+# tiles full. Not yet timed on a GPU: benchmarks/gpu_suite.py times the choice against dense SDPA.
+_TILES = ((128, 128), (128, 64), (64, 64), (64, 32))
+
+
+def computed_pairs(patch_nums: Sequence[int], kind: str, tile: Tuple[int, int]) -> int:
+    """(query, key) pairs a flex kernel computes with `tile`: every tile holding an allowed pair."""
+    pns = _check(patch_nums, kind)
+    mask = _dense_mask_cpu(pns, kind)
+    L = mask.shape[0]
+    bq, bk = tile
+    nq, nk = -(-L // bq), -(-L // bk)
+    padded = F.pad(mask, (0, nk * bk - L, 0, nq * bq - L))
+    live = padded.view(nq, bq, nk, bk).any(dim=3).any(dim=1)
+    return int(live.sum()) * bq * bk
+
+
+_ENV_TILE = "MVAR_FLEX_TILE"  # e.g. "128x128": overrides the choice (an escape hatch until GPU-timed)
+
+
+@functools.lru_cache(maxsize=64)
+def flex_tile(patch_nums: Tuple[int, ...], kind: str) -> Tuple[int, int]:
+    """The tile with the fewest computed pairs for the *full* scale layout (so every prefix of it, as
+    the recomputing sampler runs, uses the same kernel options); ties go to the larger tile."""
+    forced = os.environ.get(_ENV_TILE, "").strip()
+    if forced:
+        try:
+            rows, cols = (int(v) for v in forced.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"{_ENV_TILE}={forced!r}: expected ROWSxCOLS, e.g. 128x128") from None
+        return rows, cols
+    return min(_TILES, key=lambda t: (computed_pairs(patch_nums, kind, t), -t[0] * t[1]))
+
+
+def flex_kernel_options(tile: Tuple[int, int]) -> Dict[str, int]:
+    """CUDA kernel tiles that divide the block mask's: forward (M, N) = the tile; backward dK/dV walks
+    key blocks of N1 = the tile's columns over query blocks of M1, dQ query blocks of M2 = the tile's
+    rows over key blocks of N2 (flex needs the mask's block sizes to be multiples of them)."""
+    rows, cols = tile
+    return {"BLOCK_M": rows, "BLOCK_N": cols, "BLOCK_M1": min(32, rows), "BLOCK_N1": cols,
+            "BLOCK_M2": rows, "BLOCK_N2": min(32, cols)}
+
+
 _FLEX_MASKS: Dict[Tuple, object] = {}
 
 
-def _flex(q, k, v, pns, kind, scale):
+def _block_mask(pns: Tuple[int, ...], kind: str, tile: Tuple[int, int], device: torch.device):
     from torch.nn.attention.flex_attention import create_block_mask
 
-    key = (pns, kind, str(q.device))
+    key = (pns, kind, tile, str(device))
     block_mask = _FLEX_MASKS.get(key)
     if block_mask is None:
-        lvl = scale_ids(pns).to(q.device)
+        lvl = scale_ids(pns).to(device)
         if kind == "intra":
             def mask_mod(b, h, qi, ki):
                 return lvl[qi] == lvl[ki]
@@ -110,16 +157,46 @@ def _flex(q, k, v, pns, kind, scale):
             def mask_mod(b, h, qi, ki):
                 return lvl[qi] >= lvl[ki]
         L = lvl.numel()
-        block_mask = create_block_mask(mask_mod, None, None, L, L, device=q.device)
+        block_mask = create_block_mask(mask_mod, None, None, L, L, device=device, BLOCK_SIZE=tile)
         _FLEX_MASKS[key] = block_mask
-    return _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale)
+    return block_mask
 
 
-@functools.lru_cache(maxsize=1)
-def _compiled_flex():
+def _flex_call(q, k, v, block_mask, scale, kernel_options):
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    return flex_attention(q, k, v, block_mask=block_mask, scale=scale, kernel_options=kernel_options)
+
+
+# One compiled function per input signature, each around its own copy of `_flex_call`'s code object.
+# torch.compile caches compiled graphs on the code object and, past `recompile_limit` (8) entries,
+# silently falls back to the unfused eager path; a code object per signature holds exactly one entry,
+# so no number of shapes (sampler prefixes, batch sizes, dtypes, grad modes) reaches that cliff.
+_FLEX_FNS: Dict[Tuple, object] = {}
+FLEX_COMPILE_BACKEND = "inductor"  # tests swap in "eager" to check the caching quickly on CPU
+
+
+def _compiled_flex(signature: Tuple):
+    fn = _FLEX_FNS.get(signature)
+    if fn is None:
+        code = _flex_call.__code__.replace(co_name=f"_flex_call_{len(_FLEX_FNS)}")
+        fresh = types.FunctionType(code, _flex_call.__globals__, code.co_name)
+        fn = torch.compile(fresh, dynamic=False, backend=FLEX_COMPILE_BACKEND)
+        _FLEX_FNS[signature] = fn
+    return fn
+
+
+def _flex(q, k, v, pns, kind, scale, full_pns=None):
+    tile = flex_tile(full_pns or pns, kind)
+    block_mask = _block_mask(pns, kind, tile, q.device)
+    # the CUDA kernel's tiles must match the block mask's; the CPU template picks its own
+    options = flex_kernel_options(tile) if q.device.type == "cuda" else None
+    if torch.compiler.is_compiling():
+        # inside a compiled region (model.compile): flex is traced into that graph, no wrapper needed
+        return _flex_call(q, k, v, block_mask, scale, options)
+    signature = (tuple(q.shape), q.dtype, str(q.device), kind, pns, tile, torch.is_grad_enabled(),
+                 q.requires_grad or k.requires_grad or v.requires_grad, FLEX_COMPILE_BACKEND)
+    return _compiled_flex(signature)(q, k, v, block_mask, scale, options)
 
 
 _CU_SEQLENS: Dict[Tuple, torch.Tensor] = {}
@@ -193,6 +270,8 @@ def scale_attention(q_BHLD: torch.Tensor, k_BHLD: torch.Tensor, v_BHLD: torch.Te
     path = select_path(q_BHLD.device, q_BHLD.dtype, kind)
     if path == "flash-varlen" and kind != "intra":
         path = "flex"
+    if path == "flex":
+        return _flex(q_BHLD, k_BHLD, v_BHLD, pns, kind, scale, full_pns=_check(patch_nums, kind))
     return _PATHS[path](q_BHLD, k_BHLD, v_BHLD, pns, kind, scale)
 
 

@@ -44,12 +44,10 @@ def _no_tf32(device: torch.device) -> Iterator[None]:
     if device.type != "cuda":
         yield
         return
-    prev = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
+    from mvar_dist.precision import tf32_disabled
+
+    with tf32_disabled():
         yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = prev
 
 
 def _distances(z_NC: torch.Tensor, e_VC: torch.Tensor, e_sq_V: torch.Tensor) -> torch.Tensor:

@@ -56,6 +56,7 @@ class ModelConfig:
     mamba_headdim: int = 64         # Mamba2 head dim (M-VAR only)
     init_gamma3: str = "official"   # "official" copies the FFN-gate init quirk (x aln), "fixed" uses alng for all gammas
     act_checkpoint: bool = False    # non-reentrant activation checkpointing per block
+    compile: bool = False           # torch.compile each block's forward (regional; ZeRO-3-safe, docs/model.md)
 
     def resolve(self) -> "ModelConfig":
         if self.width == 0:
@@ -263,6 +264,7 @@ class EvalConfig:
     batch_size: int = 32            # sampling batch per rank
     inception_weights: str = ""     # pytorch-fid pt_inception-2015-12-05-6726825d.pth; "" = FID skipped
     reference_npz: str = ""         # VIRTUAL_imagenet256_labeled.npz (mu/sigma); "" = FID skipped
+    inception_mode: str = "adm"     # "adm": ADM's evaluator, as the papers; "pytorch-fid": its preprocessing
     weights: str = "raw"            # generator weights to sample: "raw" (model.safetensors) or "ema" (model_ema.safetensors)
 
     def validate(self) -> None:
@@ -272,6 +274,8 @@ class EvalConfig:
         check_number("eval.top_p", self.top_p, lo=0, hi=1, lo_open=True)
         if self.top_k < 0:
             raise ConfigError("eval.top_k", "must be >= 0 (0 = off)")
+        if self.inception_mode not in ("adm", "pytorch-fid"):
+            raise ConfigError("eval.inception_mode", f"must be 'adm' or 'pytorch-fid', got {self.inception_mode!r}")
         _one_of("eval.weights", self.weights, ("raw", "ema"))
 
 

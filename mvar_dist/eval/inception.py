@@ -1,9 +1,14 @@
 """The FID variant of InceptionV3 (TensorFlow's 2015-12-05 graph), built here, loading pytorch-fid's weights file.
 
 Parameter names follow the standard file `pt_inception-2015-12-05-6726825d.pth` exactly, so it loads by its
-own key names. Input handling matches pytorch-fid: images in [0, 1], bilinear resize to 299x299
-(align_corners=False), then scaled to [-1, 1]. The FID variant differs from the ImageNet-classifier InceptionV3
-in three places that the TF graph has: average pools exclude padding, and the last block max-pools.
+own key names. Two input modes (the `mode` of the net; docs/evaluation.md, "Two modes"):
+
+    "adm"          ADM's evaluator (the VAR / M-VAR papers' numbers): pixels 0..255, TF1's legacy bilinear resize
+                   to 299 (no half-pixel centres), (x - 128) / 128; Inception Score from the logits without fc bias
+    "pytorch-fid"  pytorch-fid: pixels / 255, torch bilinear resize (half-pixel centres), 2x - 1; IS with the bias
+
+The FID variant differs from the ImageNet-classifier InceptionV3 in three places that the TF graph has: average
+pools exclude padding, and the last block max-pools.
 """
 from __future__ import annotations
 
@@ -22,6 +27,42 @@ STANDARD_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_we
 NUM_LOGITS = 1008  # the TF graph's softmax layer has 1008 outputs (1000 classes + 8 unused)
 FEATURE_DIM = 2048
 SPATIAL_CHANNELS = 7  # sFID taps the first 7 channels of a 17x17 map: 7 * 17 * 17 = 2023 dims
+INPUT_SIZE = 299
+MODES = ("adm", "pytorch-fid")
+DEFAULT_MODE = "adm"  # the ImageNet protocol's: ADM's reference batches were made this way
+# the logits each mode's Inception Score uses: ADM's softmax has no bias; pytorch-fid-era code used fc's output
+IS_LOGITS = {"adm": "logits_unbiased", "pytorch-fid": "logits"}
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"unknown Inception mode {mode!r}: one of {MODES}")
+    return mode
+
+
+def resize_bilinear_tf1(x_B3HW: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
+    """TF1 `ResizeBilinear(align_corners=False, half_pixel_centers=False)` in float32.
+
+    Output pixel o reads source position o * (in / out), both factors float32, with no half-pixel shift (torch's
+    align_corners=False shifts by half a pixel). TF lerps along x within the two source rows, then along y
+    between them; doing the x pass over all rows first computes the same float32 expressions in the same order.
+    """
+    x = x_B3HW.float()
+    for dim in (3, 2):  # x, then y
+        n_in = x.shape[dim]
+        if n_in == size:
+            continue
+        scale = torch.tensor(n_in / size, dtype=torch.float32)  # TF: static_cast<float>(in) / out
+        src = torch.arange(size, dtype=torch.float32, device=x.device) * scale.to(x.device)
+        lo = src.floor()
+        frac = src - lo
+        lo = lo.long().clamp_(0, n_in - 1)
+        hi = src.ceil().long().clamp_(max=n_in - 1)
+        a, b = x.index_select(dim, lo), x.index_select(dim, hi)
+        shape = [1, 1, 1, 1]
+        shape[dim] = size
+        x = a + (b - a) * frac.view(shape)
+    return x
 
 
 class InceptionWeightsError(ValueError):
@@ -145,13 +186,16 @@ class BlockE(nn.Module):  # Mixed_7b/7c: 8x8 with split 1x3/3x1 branches
 
 
 class FIDInceptionV3(nn.Module):
-    """`forward(img_B3HW in [0,1])` -> dict with `pool` (B, 2048), `logits` (B, 1008), `spatial` (B, 2023).
+    """`forward(img_B3HW)` -> dict of float32 `pool` (B, 2048), `logits` (B, 1008, with fc bias),
+    `logits_unbiased` (B, 1008, pool @ fc.weight.T) and `spatial` (B, 2023).
 
-    All outputs are float32. Build with random weights, then `load_weights(path)` (or use `from_file`).
+    img_B3HW: uint8 pixels (exact, the evaluator's input) or float in [0, 1] (x 255 in "adm" mode).
+    Build with random weights, then `load_weights(path)` (or use `from_file`).
     """
 
-    def __init__(self):
+    def __init__(self, mode: str = DEFAULT_MODE):
         super().__init__()
+        self.mode = check_mode(mode)  # input preprocessing and IS logits; see the module docstring
         self.Conv2d_1a_3x3 = ConvBN(3, 32, 3, stride=2)
         self.Conv2d_2a_3x3 = ConvBN(32, 32, 3)
         self.Conv2d_2b_3x3 = ConvBN(32, 64, 3, padding=1)
@@ -174,8 +218,8 @@ class FIDInceptionV3(nn.Module):
         self.requires_grad_(False)
 
     @classmethod
-    def from_file(cls, path, map_location="cpu") -> "FIDInceptionV3":
-        net = cls()
+    def from_file(cls, path, map_location="cpu", mode: str = DEFAULT_MODE) -> "FIDInceptionV3":
+        net = cls(mode)
         net.load_weights(path, map_location)
         return net
 
@@ -200,9 +244,19 @@ class FIDInceptionV3(nn.Module):
                 f"{len(bad_shape)} shape mismatches (e.g. {bad_shape[:2]})")
         self.load_state_dict(sd, strict=False)
 
+    def preprocess(self, img_B3HW: torch.Tensor) -> torch.Tensor:
+        """The first conv's input (B, 3, 299, 299) in this net's mode."""
+        u8 = img_B3HW.dtype == torch.uint8
+        if self.mode == "adm":
+            x = img_B3HW.float() if u8 else img_B3HW.float() * 255
+            # 1/128 is a power of two: the same bits as the graph's (x - 128) * 0.0078125
+            return (resize_bilinear_tf1(x) - 128) / 128
+        x = img_B3HW.float() / 255 if u8 else img_B3HW.float()
+        x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+        return 2 * x - 1
+
     def forward(self, img_B3HW: torch.Tensor) -> Dict[str, torch.Tensor]:
-        x = F.interpolate(img_B3HW.float(), size=(299, 299), mode="bilinear", align_corners=False)
-        x = 2 * x - 1
+        x = self.preprocess(img_B3HW)
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, 3, stride=2)
         x = F.max_pool2d(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)), 3, stride=2)
@@ -215,7 +269,8 @@ class FIDInceptionV3(nn.Module):
         x = self.Mixed_6e(self.Mixed_6d(x))
         x = self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x)))
         pool_BD = x.mean(dim=(2, 3))
-        return {"pool": pool_BD, "logits": self.fc(pool_BD), "spatial": spatial}
+        return {"pool": pool_BD, "logits": self.fc(pool_BD), "logits_unbiased": pool_BD @ self.fc.weight.T,
+                "spatial": spatial}
 
 
 def read_weights(path, map_location="cpu"):
@@ -269,9 +324,9 @@ def random_state_dict(seed: int = 0) -> Dict[str, torch.Tensor]:
     return sd
 
 
-def build_inception(weights: Optional[str], device="cpu") -> FIDInceptionV3:
+def build_inception(weights: Optional[str], device="cpu", mode: str = DEFAULT_MODE) -> FIDInceptionV3:
     """The network with the user's weights file; raises InceptionWeightsError if it is missing or wrong."""
     if not weights:
         raise InceptionWeightsError(
             f"no Inception weights given: pass the path of {STANDARD_FILE} ({STANDARD_URL})")
-    return FIDInceptionV3.from_file(weights).to(device)
+    return FIDInceptionV3.from_file(weights, mode=mode).to(device)

@@ -2,9 +2,10 @@
 its TensorBoard tags and how it is computed, so a new metric is one entry here.
 
 `compute(evaluator, feats)` gets the `Evaluator` (its reference, device, cached reference features) and
-the sample folder's Inception outputs ({"logits", "pool", "spatial"}); it returns one value per column,
-or None when what it needs is absent (no reference batch, no reference images): the columns stay empty.
-Entries run only with Inception weights loaded.
+the sample folder's Inception outputs ({"logits", "logits_unbiased", "pool", "spatial"}); it returns one
+value per column, or None when what it needs is absent (no reference batch, no reference images): the
+columns stay empty. Entries run only with Inception weights loaded, on rank 0 only, after every rank took
+part in the feature extraction (reference features included).
 """
 from __future__ import annotations
 
@@ -25,9 +26,11 @@ class Metric:
 
 
 def _inception_score(ev, feats):
+    from .inception import IS_LOGITS
     from .metrics import inception_score
 
-    return (inception_score(feats["logits"]),)
+    # which logits IS uses depends on the Inception mode (adm: unbiased, as ADM's evaluator)
+    return (inception_score(feats[IS_LOGITS[ev.mode]]),)
 
 
 def _fid(ev, feats):

@@ -21,7 +21,13 @@ from mvar_dist.fsio import atomic_path
 from .registry import METRIC_COLUMNS
 
 RESULTS_NAME = "eval_results.csv"
-METRICS_VERSION = "mvar_dist-eval-1"  # bump when a metric's definition changes: old rows stop matching
+# bump when a metric's definition changes: old rows stop matching. v2: the Inception mode (adm | pytorch-fid)
+# is part of the definition; a row's metrics_version names it ("mvar_dist-eval-2/adm")
+METRICS_VERSION = "mvar_dist-eval-2"
+
+
+def metrics_version(mode: str) -> str:
+    return f"{METRICS_VERSION}/{mode}"
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,12 @@ class Protocol:
     image_format: str = "png"       # samples are lossless PNG (JPEG shifts FID)
     reference_sha256: str = ""      # sha256 of the reference .npz ("" = no reference: FID skipped)
     inception_sha256: str = ""      # sha256 of the Inception weights file ("" = none: FID skipped)
-    metrics_version: str = METRICS_VERSION
+    inception_mode: str = "adm"     # Inception preprocessing + IS logits: "adm" (the papers') or "pytorch-fid"
+    metrics_version: str = ""       # metric definitions; "" = metrics_version(inception_mode)
+
+    def __post_init__(self):
+        if not self.metrics_version:
+            object.__setattr__(self, "metrics_version", metrics_version(self.inception_mode))
     weights: str = "raw"            # generator weights sampled: "raw" (model.safetensors) or "ema" (model_ema.safetensors)
 
     @property
@@ -49,11 +60,23 @@ class Protocol:
         return bool(self.reference_sha256 and self.inception_sha256)
 
     def hash(self) -> str:
-        fields_ = asdict(self)
-        if fields_["weights"] == "raw":  # hashed as before the field existed: raw rows already in tables stay valid
-            del fields_["weights"]
-        blob = json.dumps(fields_, sort_keys=True, separators=(",", ":"))
+        blob = json.dumps(self._fields(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def _fields(self) -> Dict[str, object]:
+        """The hashed fields; weights=raw is left out, so raw rows and sample folders made before the field
+        existed keep their hashes."""
+        out = asdict(self)
+        if out["weights"] == "raw":
+            del out["weights"]
+        return out
+
+    def sampling_hash(self) -> str:
+        """Hash of what fixes the images only: the metric fields are blanked (and the blob is the one of
+        metrics version 1, before the mode existed, so sample folders made then keep their names)."""
+        blob = {**self._fields(), "reference_sha256": "", "inception_sha256": "", "metrics_version": "mvar_dist-eval-1"}
+        del blob["inception_mode"]
+        return hashlib.sha256(json.dumps(blob, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
     def row_fields(self) -> Dict[str, object]:
         return {**asdict(self), "num_samples": self.num_samples}

@@ -5,12 +5,15 @@ is not yet in the results table: samples the class-balanced set (resuming a half
 metrics, writes one row and TensorBoard scalars. A checkpoint whose files do not match its marker is skipped
 and reported (log and `<work_dir>/damaged.json`), and the others are evaluated; it is looked at again each
 pass, so a repaired one is picked up. Restarting repeats nothing: finished rows are skipped and
-existing PNGs are reused. The protocol includes the reference and Inception hashes, so adding weights later
-re-evaluates (with the samples already on disk) instead of mixing numbers from two protocols.
+existing PNGs are reused. The protocol includes the reference and Inception hashes and the Inception mode, so
+adding weights later re-evaluates (with the samples already on disk) instead of mixing numbers from two protocols.
+
+Under torchrun (N ranks, one shared work_dir) rank 0 decides what to evaluate and tells the others; every rank
+samples its share of the missing images and runs the Inception net on its share of all of them; rank 0 gathers
+the features, computes the metrics and writes the one row. Images and features equal a one-process run's.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from mvar_dist.distributed import barrier, rank_world
 from mvar_dist.fsio import open_fs, sha256_file, write_json_atomic
 from mvar_dist.runs.generator import load_run_config, weights_file
 from mvar_dist.runs.layout import CheckpointRef, find_checkpoints
@@ -26,7 +30,7 @@ from .checkpoints import drop_staged, sampler_for, stage, verify
 from .evaluate import Evaluator
 from .npz import pack_folder
 from .registry import METRIC_COLUMNS, METRICS
-from .watch import watch
+from .watch import one_pass, watch
 from .results import Protocol, ResultsTable
 from .sampling import SamplePlan, SampleFn, generate_samples
 
@@ -47,6 +51,8 @@ class ServiceOptions:
     batch_size: int = 32                # images per sampler call; not in the protocol (images do not depend on it)
     inception_weights: str = ""         # "" = FID skipped (and said so)
     reference_npz: str = ""
+    inception_mode: str = "adm"         # "adm" (the papers' evaluator) or "pytorch-fid"; see inception.py
+    inception_batch_size: int = 50      # images per Inception forward, the unit dealt to ranks (not in the protocol)
     device: str = "cpu"
     pack_npz: bool = False              # also write samples.npz (arr_0) beside each sample folder
     tensorboard: bool = True
@@ -59,7 +65,7 @@ class ServiceOptions:
     def from_eval_config(cls, ev, roots: List[str], work_dir: str, **kw) -> "ServiceOptions":
         """From an EvalConfig section (num_per_class, cfg_scale, top_k, top_p, seed, batch_size, weights, reference)."""
         names = ("num_per_class", "cfg_scale", "top_k", "top_p", "seed", "batch_size", "inception_weights",
-                 "reference_npz", "weights")
+                 "reference_npz", "inception_mode", "weights")
         return cls(roots=roots, work_dir=work_dir, **{n: getattr(ev, n) for n in names}, **kw)
 
 
@@ -74,11 +80,13 @@ class EvalService:
         self.work = Path(opts.work_dir)
         self.table = ResultsTable(self.work)
         self.evaluator = Evaluator(opts.inception_weights, opts.reference_npz, opts.device,
-                                   cache_dir=str(self.work / "cache"))
+                                   batch_size=opts.inception_batch_size, cache_dir=str(self.work / "cache"),
+                                   mode=opts.inception_mode)
+        self.rank, self.world = rank_world()
         self.sampler_factory = sampler_factory
         self.damaged: Dict[str, str] = {}  # checkpoint id -> what is wrong with it, as last seen
         self.without_weights: set = set()  # checkpoint ids lacking the asked-for weights file (logged once)
-        if self.evaluator.status() != "ok":
+        if self.evaluator.status() != "ok" and self.rank == 0:
             opts.log(f"[eval] {self.evaluator.status()}")
 
     @property
@@ -92,12 +100,12 @@ class EvalService:
                         top_k=o.top_k, top_p=o.top_p, more_smooth=o.more_smooth, seed=o.seed,
                         resolution=run_cfg.tokenizer.resolution,
                         reference_sha256=self.evaluator.reference_sha256,
-                        inception_sha256=self.evaluator.inception_sha256, weights=o.weights)
+                        inception_sha256=self.evaluator.inception_sha256, inception_mode=self.evaluator.mode,
+                        weights=o.weights)
 
     def sample_dir(self, ckpt: CheckpointRef, proto: Protocol) -> Path:
-        # keyed without the metric hashes: samples are reused when weights/reference are added later
-        sampling = dataclasses.replace(proto, reference_sha256="", inception_sha256="")
-        return self.work / "samples" / ckpt.run / f"step_{ckpt.step:08d}" / sampling.hash()
+        # keyed without the metric fields: samples are reused when weights/reference/mode change
+        return self.work / "samples" / ckpt.run / f"step_{ckpt.step:08d}" / proto.sampling_hash()
 
     # ------------------------------------------------------------------ one pass
     def pending(self) -> List[CheckpointRef]:
@@ -107,8 +115,17 @@ class EvalService:
         return out
 
     def run_once(self) -> List[Dict[str, object]]:
-        """Evaluate every complete checkpoint not yet in the table; returns the new rows."""
-        new_rows = []
+        """Evaluate every complete checkpoint not yet in the table; returns the new rows (rank 0; [] elsewhere)."""
+        return one_pass(self.todo, self._evaluate_ref)
+
+    def _evaluate_ref(self, ckpt: CheckpointRef) -> Optional[Dict[str, object]]:
+        folder = stage(ckpt, self.work / "staged", self.opts.weights)  # rank 0 staged it already; local ranks share it
+        run_cfg = load_run_config(folder)
+        return self.evaluate(ckpt, folder, run_cfg, self.protocol(run_cfg))
+
+    def todo(self) -> List[CheckpointRef]:
+        """The complete, undamaged checkpoints without a row for their protocol (rank 0 decides for all)."""
+        out = []
         for ckpt in self.pending():
             if not self.has_weights(ckpt):
                 continue
@@ -123,8 +140,8 @@ class EvalService:
             if self.table.has(ckpt.id, proto.hash()):
                 continue
             if not self.damage(ckpt, verify(folder, self.opts.verify, (self.model_file,)), final=True):
-                new_rows.append(self.evaluate(ckpt, folder, run_cfg, proto))
-        return new_rows
+                out.append(ckpt)
+        return out
 
     def has_weights(self, ckpt: CheckpointRef) -> bool:
         """Whether the checkpoint has the weights file asked for; EMA files exist only for runs trained with
@@ -157,18 +174,23 @@ class EvalService:
     def _write_damaged(self) -> None:
         write_json_atomic(self.work / "damaged.json", {k: {"problem": v} for k, v in sorted(self.damaged.items())})
 
-    def evaluate(self, ckpt: CheckpointRef, folder: Path, run_cfg, proto: Protocol) -> Dict[str, object]:
+    def evaluate(self, ckpt: CheckpointRef, folder: Path, run_cfg, proto: Protocol) -> Optional[Dict[str, object]]:
+        """Sample, score and record one checkpoint; every rank calls it, rank 0 returns the row (others None)."""
         o, t0 = self.opts, time.time()
         plan = SamplePlan(proto.num_classes, proto.num_per_class, o.batch_size, proto.seed)
         out_dir = self.sample_dir(ckpt, proto)
-        o.log(f"[eval] {ckpt.id}: sampling {plan.num_samples} images -> {out_dir}")
+        log = o.log if self.rank == 0 else (lambda _msg: None)
+        log(f"[eval] {ckpt.id}: sampling {plan.num_samples} images over {self.world} rank(s) -> {out_dir}")
         sample_fn = self.sampler_factory(folder, o, run_cfg)
-        counts = generate_samples(sample_fn, plan, out_dir, rank=0, world_size=1, log=None)
+        counts = generate_samples(sample_fn, plan, out_dir, rank=self.rank, world_size=self.world, log=None)
         if counts["skipped"]:
-            o.log(f"[eval] {ckpt.id}: resumed, {counts['skipped']} images already on disk")
-        if o.pack_npz:
+            o.log(f"[eval] {ckpt.id}: rank {self.rank} resumed, {counts['skipped']} images already on disk")
+        barrier()  # every PNG is on disk before any rank lists the folder
+        if o.pack_npz and self.rank == 0:
             pack_folder(out_dir, out_dir.with_suffix(".npz"), expected=plan.num_samples)
         metrics = self.evaluator.evaluate(out_dir)
+        if metrics is None:
+            return None
         weights = folder / self.model_file
         row = {"checkpoint_id": ckpt.id, "protocol_hash": proto.hash(), "run": ckpt.run, "step": ckpt.step,
                **metrics, **proto.row_fields(),

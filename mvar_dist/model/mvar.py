@@ -152,6 +152,21 @@ class MVAR(nn.Module):
             x_BLC = checkpoint(blk, x_BLC, cond_BD, use_reentrant=False) if use_ckpt else blk(x_BLC, cond_BD)
         return self.logits(x_BLC, cond_BD)
 
+    def compile_blocks(self, backend: str = "inductor") -> None:
+        """Regional compile: each block's `forward` goes through torch.compile; the blocks share one
+        code object, so the first compile serves them all. Only `forward` is compiled, not the
+        module call, so module hooks (ZeRO-3's parameter gathering) run eagerly around the compiled
+        region; `zero3_leaf_blocks` makes ZeRO-3 gather a block's parameters in the block's own hook."""
+        for blk in self.blocks:
+            blk.forward = torch.compile(blk.forward, backend=backend, dynamic=False)
+
+    def zero3_leaf_blocks(self) -> None:
+        """Tell DeepSpeed ZeRO-3 to treat each block as one leaf: its parameters are gathered once before
+        the block (no hooks inside the compiled region). Must run before `deepspeed.initialize`."""
+        from deepspeed.utils import set_z3_leaf_modules
+
+        set_z3_leaf_modules(self, [type(self.blocks[0])])
+
     # ------------------------------------------------------------------------------ sampling
     def sample(self, vae, labels_B, cfg_scale: float = 1.5, top_k: int = 900, top_p: float = 0.96,
                seed: Optional[int] = 0, more_smooth: bool = False, incremental: bool = True, seeds_B=None):

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from mvar_dist.config import ConfigError, RunConfig
 from mvar_dist.distributed import all_reduce_, destroy_process_group, init_process_group
 from mvar_dist.fsio import write_text_atomic
+from mvar_dist.precision import set_tf32
 from . import checkpoint as ck
 from . import ema as ema_mod
 from . import safe_load, startup
@@ -162,6 +163,7 @@ def _setup(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: 
     from mvar_dist.vqvae import MultiScaleVQVAE
 
     micro, accum = batch_split(cfg.optim.global_batch, cfg.optim.micro_batch, world)
+    set_tf32(device.type == "cuda")  # the one TF32 policy (mvar_dist.precision); MFU's fp32 peak assumes it
 
     # The frozen tokenizer turns token ids into the teacher input on the device.
     vae = MultiScaleVQVAE.from_config(cfg.tokenizer, seed=0).to(device).eval().requires_grad_(False)
@@ -191,6 +193,9 @@ def _setup(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: 
 
     big = cfg.model.width >= 1536  # d24 and up: never materialise the full model per rank
     model = _build_model(cfg, ds_config, zero_init == "on" or (zero_init == "auto" and big and world > 1))
+    if cfg.model.compile:
+        model.zero3_leaf_blocks()
+        model.compile_blocks()
     engine, wd_mults = build_engine(model, cfg, ds_config)
     safe_load.install(engine)
     run = _Run(cfg, rank, world, device, micro, accum, vae=vae, tok_hash=tok_hash, loader=loader,

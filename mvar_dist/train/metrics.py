@@ -17,22 +17,30 @@ import torch.nn.functional as F
 
 from mvar_dist.fsio import write_text_atomic
 
-# Dense bf16 peak per device (no sparsity), by substring of torch.cuda.get_device_name().
-_PEAK_BF16 = (("H200", 989e12), ("H100", 989e12), ("GH200", 989e12), ("A100", 312e12), ("L40S", 362e12),
-              ("A10G", 125e12), ("L4", 121e12), ("V100", 125e12), ("4090", 165e12), ("3090", 71e12))
+# Stated dense peaks per device in TFLOP/s (vendor datasheets, no sparsity): (bf16/fp16 tensor core,
+# TF32 tensor core, plain fp32), by substring of torch.cuda.get_device_name(); first match wins.
+PEAK_TFLOPS = (("H100 PCIe", (756.0, 378.0, 51.0)), ("H200", (989.0, 495.0, 67.0)),
+               ("GH200", (989.0, 495.0, 67.0)), ("H100", (989.0, 495.0, 67.0)), ("A100", (312.0, 156.0, 19.5)),
+               ("L40S", (362.0, 183.0, 91.6)), ("A10G", (125.0, 62.5, 31.2)), ("L4", (121.0, 60.0, 30.3)),
+               ("4090", (165.0, 82.6, 82.6)), ("3090", (71.0, 35.6, 35.6)), ("V100", (125.0, 15.7, 15.7)))
 
 
 def device_peak_flops(device: torch.device, precision: str, override_tflops: float = 0.0) -> float:
-    """Peak FLOP/s of one device for MFU; 0 when unknown (CPU), in which case MFU is not logged."""
+    """Peak FLOP/s of one device for MFU; 0 when unknown (CPU), in which case MFU is not logged.
+    bf16/fp16 training is measured against the tensor-core peak; fp32 against the TF32 peak when the
+    TF32 policy is on (`mvar_dist.precision`, what the trainer sets on CUDA), else plain fp32."""
+    from mvar_dist.precision import tf32_enabled
+
     if override_tflops > 0:
         return override_tflops * 1e12
     if device.type != "cuda":
         return 0.0
     name = torch.cuda.get_device_name(device)
-    for key, peak in _PEAK_BF16:
+    for key, (half, tf32, fp32) in PEAK_TFLOPS:
         if key in name:
-            # fp32 matmuls run as TF32 on these parts at about half the bf16 rate.
-            return peak if precision in ("bf16", "bf16-autocast", "fp16") else peak / 2
+            if precision in ("bf16", "bf16-autocast", "fp16"):
+                return half * 1e12
+            return (tf32 if tf32_enabled() else fp32) * 1e12
     return 0.0
 
 

@@ -4,7 +4,7 @@ DeepSpeed reads `ds/state/*.pt` (and its universal-format conversion reads them 
 `torch.load(weights_only=False)`, so a crafted file in a checkpoint folder, local or on S3, would run
 code on every node that resumes from it. Before DeepSpeed or the conversion touches a folder, every
 `.pt` file in it is unpickled with weights_only=True (memory-mapped: only the pickle is read), allowing
-just the two DeepSpeed classes its ZeRO-3 optimizer state holds; and the engine's own loads are
+just the classes its ZeRO-3 optimizer state holds (`allowed_globals`); and the engine's own loads are
 routed through the same restricted loader (`install`).
 """
 from __future__ import annotations
@@ -18,11 +18,16 @@ from mvar_dist.errors import OperatorError
 
 
 def allowed_globals() -> List[type]:
-    """The non-tensor classes a ZeRO-3 state file holds (found by loading real ones; docs/checkpoints.md)."""
+    """The non-tensor classes a ZeRO-3 state file holds (found by loading real ones; docs/checkpoints.md).
+
+    OfficialLossScaler is ours: precision "fp16" puts it in the optimizer's scaler slot, which ZeRO-3 saves.
+    """
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
 
-    return [ZeroStageEnum, LossScaler, DynamicLossScaler]
+    from .amp import OfficialLossScaler
+
+    return [ZeroStageEnum, LossScaler, DynamicLossScaler, OfficialLossScaler]
 
 
 def load_weights_only(path, map_location=None, mmap: bool = False):
@@ -31,7 +36,7 @@ def load_weights_only(path, map_location=None, mmap: bool = False):
 
 
 def check_state_files(folder: Path) -> None:
-    """Refuse a folder any of whose .pt files holds more than weights (and DeepSpeed's two classes)."""
+    """Refuse a folder any of whose .pt files holds more than weights (and the classes of allowed_globals)."""
     folder = Path(folder)
     for path in sorted(folder.rglob("*.pt")):
         try:

@@ -74,6 +74,20 @@ MN_TORCHRUN_HELP = tool("torchrun", "--help", expect=("--nnodes", "--node_rank",
 MN_CONFIG = config("mvar_d30", "data.shards=s3://bucket/tok256", "ckpt.dir=/shared/runs/d30/checkpoints",
                    "out_dir=/shared/runs/d30", expect="dir: /shared/runs/d30/checkpoints")
 
+EVAL_MODE_HELP = py("launchers/eval_service.py", "--help", expect=("--inception-mode", "--inception-batch-size"),
+                    slow=True)
+IMPORT_HELP = py("launchers/sample.py", "import-official", "--help", expect=("--config", "--vae"), slow=True)
+EVAL_TORCHRUN = ("torchrun --nproc_per_node 8 launchers/eval_service.py --roots runs/ --work-dir eval/ --once"
+                 " --inception-weights pt_inception-2015-12-05-6726825d.pth --reference VIRTUAL_imagenet256_labeled.npz")
+EVAL_TORCHRUN_N = "torchrun --nproc_per_node N launchers/eval_service.py ..."
+RELEASED_EVAL = ("torchrun --nproc_per_node 8 launchers/eval_service.py --roots released --work-dir eval_released"
+                 " --once --config var_d16 --inception-weights pt_inception-2015-12-05-6726825d.pth"
+                 " --reference VIRTUAL_imagenet256_labeled.npz")
+IMPORT_VAR = ("python launchers/sample.py import-official var_d16.pth released/var_d16/checkpoints/step_00000000"
+              " --config var_d16 --vae vae_ch160v4096z32.pth")
+IMPORT_MVAR = ("python launchers/sample.py import-official d16.pth released/mvar_d16/checkpoints/step_00000000"
+               " --config mvar_d16 --vae vae_ch160v4096z32.pth")
+
 COVERED: Dict[str, Tuple[Cheap, ...]] = {
     # README / quickstart / development: make targets (the recipes are printed, their scripts must exist)
     "make demo": (MAKE_DEMO, DEMO_DRY, DEMO_HELP),
@@ -221,6 +235,13 @@ COVERED: Dict[str, Tuple[Cheap, ...]] = {
     "python launchers/eval_service.py --roots runs/ s3://bucket/runs --work-dir eval/ --poll 300 --inception-weights"
     " pt_inception-2015-12-05-6726825d.pth --reference VIRTUAL_imagenet256_labeled.npz": (EVAL_HELP,),
     "python launchers/eval_service.py --fetch-inception DIR": (EVAL_HELP,),
+    EVAL_TORCHRUN: (TORCHRUN_HELP, EVAL_MODE_HELP),
+    EVAL_TORCHRUN_N: (TORCHRUN_HELP, EVAL_MODE_HELP),
+    RELEASED_EVAL: (TORCHRUN_HELP, EVAL_MODE_HELP, config("var_d16")),
+    IMPORT_VAR: (IMPORT_HELP, config("var_d16")),
+    IMPORT_MVAR: (IMPORT_HELP, config("mvar_d16")),
+    "python benchmarks/eval_modes.py --fixture ../shared/fixtures/adm_protocol/adm_protocol_visible.npz":
+        (py("benchmarks/eval_modes.py", "--help", expect="--fixture"),),
     # scaling sweeps
     "python launchers/scaling_sweep.py plan var_mvar_scaling":
         (py("launchers/scaling_sweep.py", "plan", "var_mvar_scaling", expect="sweep var_mvar_scaling: 20 runs",
@@ -259,6 +280,7 @@ COVERED: Dict[str, Tuple[Cheap, ...]] = {
     "python benchmarks/tokenizer.py [--checkpoint vae_ch160v4096z32.pth] [--batch N] [--iters K]"
     " [--modes fp32,bf16,tf32] [--small]":
         (py("benchmarks/tokenizer.py", "--help", expect=("--checkpoint", "--iters", "--modes", "--small"), slow=True),),
+    "python benchmarks/sampler.py": (py("benchmarks/sampler.py", "--help", expect=("--depths", "--width"), slow=True),),
     "python benchmarks/train.py [--presets ...] [--nproc N] [--global_batch B] [--precision bf16]":
         (py("benchmarks/train.py", "--help", expect=("--presets", "--nproc", "--global_batch", "--precision")),),
 }
@@ -273,6 +295,10 @@ ELSEWHERE: Dict[str, str] = {
     "pip install .": "tests/integration/test_package.py::test_wheel_installs_the_same_package_tree: builds and installs the wheel",
     "pip install -e .": "tests/integration/test_package.py::test_mapped_packages_import_from_anywhere: the editable install",
     "bash .ci/run": ".ci/run: the CI entry point itself",
+    "python benchmarks/gpu_suite.py --dry-run": "tests/integration/test_gpu_suite.py::test_dry_run_lists_every_row_with_its_baseline",
+    "python benchmarks/gpu_suite.py --smoke --device cpu": "tests/integration/test_gpu_suite.py::test_smoke_runs_every_row (slow)",
+    "python benchmarks/gpu_suite.py --out suite_out":
+        "needs a GPU; tests/integration/test_gpu_suite.py runs the same rows at toy sizes on CPU (--smoke) and the dry run",
     "python -m pytest -m slow": ".ci/run: `make test` runs the slow tests with the rest",
     MN_DS_NO_SSH: "tests/integration/test_multinode.py::test_deepspeed_two_nodes_match_one_node: two --no_ssh nodes, 127.0.0.1",
     MN_TORCHRUN_C10D: "tests/integration/test_multinode.py::test_torchrun_two_nodes_match_one_node: [c10d], two nodes, 127.0.0.1",
@@ -335,6 +361,16 @@ ELSEWHERE: Dict[str, str] = {
     "python launchers/eval_service.py --roots runs/ s3://bucket/runs --work-dir eval/ --poll 300 --inception-weights"
     " pt_inception-2015-12-05-6726825d.pth --reference VIRTUAL_imagenet256_labeled.npz":
         "tests/integration/test_eval_cli.py::test_service_over_s3_sees_only_complete_checkpoints: local + s3:// (moto)",
+    EVAL_TORCHRUN: "tests/integration/test_eval_cli.py::test_service_on_two_ranks_with_kill_and_restart_equals_one_process",
+    EVAL_TORCHRUN_N: "tests/integration/test_eval_cli.py::test_service_on_two_ranks_with_kill_and_restart_equals_one_process",
+    RELEASED_EVAL: "tests/integration/test_eval_cli.py::test_service_on_two_ranks_with_kill_and_restart_equals_one_process:"
+                   " tiny checkpoints, random Inception weights (no released weights or GPU in CI)",
+    "python tests/fixtures/make_parity_fixtures.py":
+        "tests/unit/test_eval_inception.py::test_pool_features_and_fid_equal_vendored_pytorch_fid_outputs and"
+        " tests/unit/test_tokenizer_training_lpips.py::test_lpips_equals_vendored_lpips_outputs read what it writes;"
+        " it runs only where the `parity` extra (torchvision) is installed",
+    IMPORT_VAR: "tests/integration/test_eval_cli.py::test_import_official_then_sample: a tiny VAR, then sampled",
+    IMPORT_MVAR: "tests/integration/test_eval_cli.py::test_import_official_then_sample: a tiny VAR, then sampled",
 }
 
 

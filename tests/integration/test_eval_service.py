@@ -96,7 +96,7 @@ def test_service_resumes_half_done_sampling(tmp_path):
     logs.clear()
     # restarted with another batch size: same protocol and folder (per-image seeds), only the 2 missing made
     (again,) = EvalService(_opts(run, tmp_path / "eval", logs, batch_size=3)).run_once()
-    assert any("resumed, 8 images already on disk" in line for line in logs)
+    assert any("rank 0 resumed, 8 images already on disk" in line for line in logs)
     assert {p.name: p.read_bytes() for p in sample_dir.glob("*/*.png")} == first
     assert again["protocol_hash"] == row["protocol_hash"]
 
@@ -114,7 +114,7 @@ def test_service_with_inception_weights_reports_metrics(tmp_path):
     # a reference batch in the ADM layout: statistics from random features plus 8 images for precision/recall
     rng = np.random.default_rng(0)
     feats = {"pool": rng.standard_normal((16, 2048)), "spatial": rng.standard_normal((16, 2023))}
-    write_reference(tmp_path / "ref.npz", feats, rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8))
+    write_reference(tmp_path / "ref.npz", feats, "adm", rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8))
     logs = []
     (skipped,) = EvalService(_opts(run, tmp_path / "eval", logs)).run_once()
     svc = EvalService(_opts(run, tmp_path / "eval", logs, inception_weights=str(weights),
@@ -128,7 +128,7 @@ def test_service_with_inception_weights_reports_metrics(tmp_path):
     assert len(row["reference_sha256"]) == 64
     # adding weights is a new protocol: the checkpoint is evaluated again, reusing the samples on disk
     assert row["protocol_hash"] != skipped["protocol_hash"] and row["sample_dir"] == skipped["sample_dir"]
-    assert any("resumed, 10 images already on disk" in line for line in logs)
+    assert any("rank 0 resumed, 10 images already on disk" in line for line in logs)
     assert len(svc.table.rows()) == 2
 
 

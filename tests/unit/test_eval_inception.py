@@ -1,11 +1,14 @@
-"""Our FID-InceptionV3 against pytorch-fid's (random weights in the standard key names, no download).
+"""Our FID-InceptionV3 in pytorch-fid mode against pytorch-fid's (random weights in the standard key names, no
+download). The adm mode is tested against ADM's protocol and torch-fidelity in test_eval_adm.py.
 
 pytorch-fid builds its net from torchvision's Inception blocks, so it comes with the `parity` extra, installed
-only where torchvision matches torch (setup.py); without it the parity tests skip.
+only where torchvision matches torch (setup.py). The default suite compares against its outputs vendored in
+tests/fixtures/pytorch_fid_parity.npz (tests/fixtures/make_parity_fixtures.py); the live tests skip without it.
 """
 import numpy as np
 import pytest
 import torch
+from vendored_parity import PYTORCH_FID_FIXTURE, inception_weights, load_npz, state_sha256
 
 from mvar_dist.eval.inception import FIDInceptionV3, InceptionWeightsError, random_state_dict, read_weights
 
@@ -27,12 +30,29 @@ def random_sd():
     return random_state_dict(seed=7)
 
 
-def test_pool_features_equal_pytorch_fid(pytorch_fid, random_sd, monkeypatch):
+def test_pool_features_and_fid_equal_vendored_pytorch_fid_outputs():
+    fx = load_npz(PYTORCH_FID_FIXTURE)
+    sd = inception_weights()
+    assert state_sha256(sd) == str(fx["weights_sha256"]), "seeded weights changed: regenerate the fixture"
+    ours = FIDInceptionV3(mode="pytorch-fid")
+    ours.load_checked(sd)
+    with torch.no_grad():
+        got = ours(torch.from_numpy(fx["images"]).float() / 255)["pool"].numpy()
+    assert np.abs(fx["pool"]).mean() > 0.05 and np.abs(fx["pool"][0] - fx["pool"][1]).max() > 1e-3
+    # tolerance as the live test: float32 round-off of the same ops in another order (measured 0.0 here)
+    np.testing.assert_allclose(got, fx["pool"], atol=1e-4, rtol=0)
+    from mvar_dist.eval.metrics import frechet_distance
+
+    assert frechet_distance(fx["mu1"], fx["sigma1"], fx["mu2"], fx["sigma2"]) == pytest.approx(float(fx["fid"]),
+                                                                                               rel=1e-9)
+
+
+def test_pytorch_fid_mode_pool_features_equal_pytorch_fid(pytorch_fid, random_sd, monkeypatch):
     pfi, _ = pytorch_fid
     # pytorch-fid fetches its weights by URL; hand it our random state dict instead (nothing is downloaded)
     monkeypatch.setattr(pfi, "load_state_dict_from_url", lambda *a, **k: random_sd)
     theirs = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
-    ours = FIDInceptionV3()
+    ours = FIDInceptionV3(mode="pytorch-fid")
     ours.load_checked(random_sd)
     # a non-299, non-square size exercises the bilinear resize both ways
     x = torch.rand(2, 3, 72, 320, generator=torch.Generator().manual_seed(0))

@@ -79,10 +79,14 @@ def test_protocol_hash_covers_every_field():
     assert p.num_samples == 50 and not p.fid_enabled
     for change in (dict(cfg_scale=2.0), dict(top_k=600), dict(top_p=0.95), dict(seed=1), dict(num_per_class=50),
                    dict(resolution=128), dict(image_format="jpeg"), dict(reference_sha256="ab"),
-                   dict(inception_sha256="cd"), dict(more_smooth=True)):
+                   dict(inception_sha256="cd"), dict(more_smooth=True), dict(inception_mode="pytorch-fid")):
         assert _proto(**change).hash() != p.hash(), change
     assert _proto().hash() == p.hash()
     assert "batch_size" not in p.row_fields()  # images do not depend on it (per-image seeds)
+    # the mode names the metric definitions; the sample folder ignores every metric field
+    pf = _proto(inception_mode="pytorch-fid", reference_sha256="ab", inception_sha256="cd")
+    assert (p.metrics_version, pf.metrics_version) == ("mvar_dist-eval-2/adm", "mvar_dist-eval-2/pytorch-fid")
+    assert pf.sampling_hash() == p.sampling_hash() != _proto(seed=1).sampling_hash()
 
 
 def test_results_table_is_idempotent_and_rows_carry_the_protocol(tmp_path):

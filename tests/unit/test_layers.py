@@ -12,7 +12,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 # Lowest first. ops/, data_pipeline/ and configs/ are installed as mvar_dist.ops / .data_pipeline / .configs.
 LAYERS = [
-    {"__init__", "fsio", "configs", "install_lock", "distributed", "errors"},  # import no other package
+    {"__init__", "fsio", "configs", "install_lock", "distributed", "errors", "precision"},  # import no other package
     {"config", "ops", "demo_data", "preflight"},                    # typed configs, fused ops, demo images, start checks
     {"vqvae", "model", "doctor"},                                   # the networks (doctor: their op paths)
     {"data", "runs", "plan"},                                       # token loader; run/checkpoint layout; planner

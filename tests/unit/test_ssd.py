@@ -1,12 +1,8 @@
 """Mamba2 SSD scan: chunked reference vs the sequential recurrence, gradients, state carry, dtypes,
-the dispatcher, and our Triton kernels (under TRITON_INTERPRET on CPU, natively on CUDA)."""
+the dispatcher, and our Triton kernels on CUDA (their CPU interpreter tests: test_ssd_triton.py)."""
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -142,50 +138,6 @@ def test_dispatcher_paths(monkeypatch):
 
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 
-_INTERPRET_SCRIPT = r"""
-import os, sys, torch
-sys.path.insert(0, {tests!r})
-from test_ssd import fused_views, make_inputs, rel_err
-from mvar_dist.ops.ssd import ssd_chunked, ssd_scan, ssd_sequential
-from mvar_dist.ops.triton_ssd import ssd_triton
-errs = []
-# (L, P, N, chunk): partial last chunk; non-power-of-2 chunk; chunk spanning two row blocks
-for l, p, n, q in ((21, 4, 8, 16), (30, 5, 3, 24), (90, 4, 4, 80)):
-    x, dt, A, B, C, D, s0 = make_inputs(b=1, l=l, h=2, p=p, n=n, dtype=torch.float32)
-    y_ref, s_ref = ssd_sequential(*[t.double() for t in (x, dt, A, B, C, D, s0)], return_final_states=True)
-    xv, Bv, Cv = fused_views(x, B, C)  # strided, as the Mamba2 module passes them
-    y, s = ssd_triton(xv, dt, A, Bv, Cv, D, s0, return_final_states=True, chunk_size=q)
-    errs += [rel_err(y, y_ref), rel_err(s, s_ref)]
-    errs.append(rel_err(ssd_triton(x, dt, A, B, C, chunk_size=q), ssd_sequential(*[t.double() for t in (x, dt, A, B, C)])))
-assert s.dtype == torch.float32
-# backward (reference recompute) wired to the right inputs, None-safe
-args = [t.requires_grad_() for t in (x, dt, A, B, C, D, s0)]
-y, s = ssd_triton(*args, return_final_states=True, chunk_size=16)
-g = torch.autograd.grad(y.square().sum() + s.sum(), args)
-y, s = ssd_chunked(*args, return_final_states=True, chunk_size=16)
-g_ref = torch.autograd.grad(y.square().sum() + s.sum(), args)
-errs += [rel_err(a, b) for a, b in zip(g, g_ref)]
-# bf16 through the dispatcher forced onto the kernels: output bf16, states fp32
-os.environ["MVAR_SSD_IMPL"] = "triton"
-lo = [t.detach().bfloat16() for t in (x, dt, A, B, C, D)]
-y16, s16 = ssd_scan(*lo, s0.detach(), return_final_states=True, chunk_size=16)
-y32, s32 = ssd_chunked(*[t.float() for t in lo], s0.detach(), return_final_states=True, chunk_size=16)
-assert y16.dtype == torch.bfloat16 and s16.dtype == torch.float32
-print("ERR", max(errs), rel_err(y16, y32), rel_err(s16, s32))
-"""
-
-
-@pytest.mark.skipif(not _HAS_TRITON, reason="triton not installed")
-def test_triton_kernels_interpreted():
-    # TRITON_INTERPRET must be set before triton is imported, hence a fresh interpreter; tiny shapes
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    code = _INTERPRET_SCRIPT.format(tests=str(Path(__file__).parent))
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    _, e_fp32, e_y16, e_s16 = next(ln for ln in out.stdout.splitlines() if ln.startswith("ERR")).split()
-    assert float(e_fp32) < 1e-5
-    assert float(e_y16) < 2e-2 and float(e_s16) < 1e-4  # bf16 output rounding; states stay fp32
-
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -213,3 +165,23 @@ def test_triton_matches_reference_on_gpu():
     grads_ref = torch.autograd.grad((y_ref.square().sum() + s_ref.sum()), (x, dt, A, B, C, D, s0))
     for g, gr in zip(grads, grads_ref):
         assert rel_err(g, gr) < 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _HAS_TRITON, reason="triton not installed")
+def test_triton_bf16_backward_on_gpu():
+    # real bf16 tensor-core dots; bounds from the interpreter's bf16-operand emulation at this shape
+    # (tests/test_ssd_triton.py: dA 5.1e-2, the rest <= 9.2e-3)
+    from mvar_dist.ops.triton_ssd import ssd_triton
+
+    ins = make_inputs(b=1, l=680, h=2, p=64, n=64, dtype=torch.float32, device="cuda")
+    lo = [t.bfloat16().requires_grad_() for t in ins[:6]] + [ins[6].clone().requires_grad_()]
+    ref = [t.detach().double().requires_grad_() for t in lo]
+    y, s = ssd_triton(*lo, return_final_states=True, chunk_size=256)
+    y_ref, s_ref = ssd_sequential(*ref, return_final_states=True)
+    w = torch.randn(y.shape, device="cuda", dtype=torch.float64)
+    grads = torch.autograd.grad((y.double() * w).sum() + s.double().sum(), lo)
+    grads_ref = torch.autograd.grad((y_ref * w).sum() + s_ref.sum(), ref)
+    errs = [rel_err(g, gr) for g, gr in zip(grads, grads_ref)]
+    assert rel_err(y, y_ref) < 2e-2 and rel_err(s, s_ref) < 2e-2
+    assert errs[2] < 1e-1 and max(errs[:2] + errs[3:]) < 2e-2, errs  # errs[2]: dA

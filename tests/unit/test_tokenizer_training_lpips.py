@@ -1,13 +1,14 @@
 """The LPIPS term: built from local files only, equal to the `lpips` package on the same weights
-(random backbone weights), clear errors for a missing or wrong backbone / lin file, and wired into
+(random backbone weights; its vendored outputs in the default suite, live with the `parity` extra), clear errors for a missing or wrong backbone / lin file, and wired into
 the trainer."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from vendored_parity import LPIPS_FIXTURE, load_npz, state_sha256, vgg_backbone
 
 from mvar_dist.train.tokenizer import lpips as L
 from mvar_dist.train.tokenizer.config import load_tok_config
@@ -46,35 +47,37 @@ def test_lpips_from_files_basic(tmp_path):
     assert not any(p.requires_grad for p in m.parameters())
 
 
-def _import_lpips(monkeypatch):
-    """The `lpips` package. If this venv's torchvision cannot be imported (a CPU torch with a CUDA
-    torchvision build fails with `torchvision::nms does not exist`), lpips' own code still runs with
-    a stand-in `torchvision.models.vgg16` whose `.features` is the same VGG16 conv stack: only the
-    backbone constructor is replaced, every LPIPS step (scaling, normalisation, lins, averaging) is
-    the package's."""
+def _import_lpips():
+    """The `lpips` package (the `parity` extra: it needs a torchvision matching torch); skip without it."""
     import importlib.util
-    import types
 
     if importlib.util.find_spec("lpips") is None:
-        pytest.skip("the lpips package is not installed")
+        pytest.skip("the `parity` extra (lpips) is not installed")
     try:
-        import torchvision.models  # noqa: F401
-    except Exception:  # noqa: BLE001 - broken torchvision: stand in for the backbone constructor only
-        models = types.ModuleType("torchvision.models")
-        models.vgg16 = lambda pretrained=False, **_: types.SimpleNamespace(features=L._vgg_features())
-        tv = types.ModuleType("torchvision")
-        tv.models = models
-        monkeypatch.setitem(sys.modules, "torchvision", tv)
-        monkeypatch.setitem(sys.modules, "torchvision.models", models)
-        for name in [n for n in sys.modules if n == "lpips" or n.startswith("lpips.")]:
-            monkeypatch.delitem(sys.modules, name)
-    import lpips
-
+        import lpips
+    except RuntimeError as e:  # torchvision built for another torch; test_installed_imports.py reports it
+        pytest.skip(f"lpips' torchvision does not import beside this torch ({e})")
     return lpips
 
 
-def test_lpips_equals_lpips_package(tmp_path, monkeypatch):
-    lpips = _import_lpips(monkeypatch)
+def test_lpips_equals_vendored_lpips_outputs():
+    """Against the real `lpips` package's outputs stored in tests/fixtures/lpips_parity.npz (seeded random
+    backbone and lin weights; tests/fixtures/make_parity_fixtures.py), so it runs without the package."""
+    fx = load_npz(LPIPS_FIXTURE)
+    backbone = vgg_backbone()
+    assert state_sha256(backbone) == str(fx["backbone_sha256"]), "seeded backbone changed: regenerate the fixture"
+    m = L.LPIPS()
+    m.load_backbone(backbone)
+    m.load_lins({k: torch.from_numpy(fx[k]) for k in fx if k.startswith("lin")})
+    with torch.no_grad():
+        got = m.eval()(torch.from_numpy(fx["a"]), torch.from_numpy(fx["b"])).flatten().numpy()
+    assert (fx["lpips"] > 0).all()
+    # same tolerance as the live comparison below (float32 round-off of one conv stack)
+    np.testing.assert_allclose(got, fx["lpips"], rtol=1e-5, atol=1e-7)
+
+
+def test_lpips_equals_lpips_package(tmp_path):
+    lpips = _import_lpips()
     ref = lpips.LPIPS(net="vgg", version="0.1", pretrained=True, pnet_rand=True, verbose=False).eval()
     torch.manual_seed(1)
     backbone = {}

@@ -34,7 +34,8 @@ from mvar_dist.vqvae import MultiScaleVQVAE
 from . import recon_metrics as M
 from .results import TokenizerResultsTable
 
-METRICS_VERSION = "mvar_dist-tok-eval-1"  # bump when a metric's definition changes
+# bump when a metric's definition changes. v2: rFID's Inception mode (adm | pytorch-fid) enters the protocol
+METRICS_VERSION = "mvar_dist-tok-eval-2"
 
 
 # ----------------------------------------------------------------------------------------- checkpoint
@@ -144,6 +145,7 @@ class TokEvalOptions:
     lpips_vgg: str = ""            # torchvision vgg16 state dict; "" = LPIPS skipped
     lpips_lin: str = ""            # "" = the lin weights shipped in the `lpips` package
     inception_weights: str = ""    # pytorch-fid pt_inception-2015-12-05-6726825d.pth; "" = rFID skipped
+    inception_mode: str = "adm"    # rFID's Inception preprocessing: "adm" or "pytorch-fid" (mvar_dist/eval)
     resize_ratio: float = 1.0
     batch_size: int = 16
     num_workers: int = 0
@@ -164,7 +166,7 @@ class MetricNets:
             self.lpips = LPIPS.from_files(opts.lpips_vgg, opts.lpips_lin or None).to(opts.device)
             self.lpips_sha = sha256_file(opts.lpips_vgg)[:16]
         if opts.inception_weights:
-            self.inception = build_inception(opts.inception_weights, opts.device)
+            self.inception = build_inception(opts.inception_weights, opts.device, opts.inception_mode)
             self.inception_sha = self.inception.weights_sha256[:16]
 
     def notes(self) -> List[str]:
@@ -179,16 +181,64 @@ class MetricNets:
 def protocol_hash(opts: TokEvalOptions, data: EvalImages, nets: MetricNets) -> Tuple[str, Dict]:
     proto = {"images": str(Path(opts.images).resolve()), "listing": data.listing_hash(), "resolution": data.resolution,
              "resize_side": data.side, "max_images": opts.max_images, "lpips": nets.lpips_sha,
-             "inception": nets.inception_sha, "metrics_version": METRICS_VERSION}
+             "inception": nets.inception_sha, "inception_mode": opts.inception_mode, "metrics_version": METRICS_VERSION}
     return hashlib.sha256(json.dumps(proto, sort_keys=True).encode()).hexdigest()[:16], proto
 
 
 # ----------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
+def _score_images(vae, data: "EvalImages", idx: List[int], opts: TokEvalOptions, nets: MetricNets,
+                  health: CodebookHealth, bar) -> List[Tuple[int, Dict[str, list]]]:
+    """This rank's share of idx: the fixed chunks [b*B, (b+1)*B) dealt round robin, so each image runs in the
+    same batch whatever the rank count. Returns (chunk start, per-image results) per chunk."""
+    from mvar_dist.distributed import rank_world
+
+    rank, world = rank_world()
+    starts = list(range(0, len(idx), opts.batch_size))[rank::world]
+    mine = [i for s in starts for i in idx[s:s + opts.batch_size]]
+    # only the globally last chunk can be short, and it is this rank's last: loader batches = chunks
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, mine), batch_size=opts.batch_size,
+                                         num_workers=opts.num_workers, collate_fn=_collate)
+    out = []
+    for start, (imgs_u8, bad) in zip(starts, loader):
+        r: Dict[str, list] = {"psnr": [], "ssim": [], "lpips": [], "rejected": list(bad), "real": [], "fake": []}
+        if imgs_u8.shape[0]:
+            real = imgs_u8.to(opts.device).float().div(255.0)
+            ids = vae.img_to_ids(real * 2 - 1)
+            health.observe(ids, torch.zeros(0, vae.z_channels), step=0)
+            fake = M.to_unit_uint8(vae.ids_to_img(ids))
+            r["psnr"], r["ssim"] = M.psnr(fake, real).tolist(), M.ssim(fake, real).tolist()
+            if nets.lpips is not None:
+                r["lpips"] = nets.lpips(fake * 2 - 1, real * 2 - 1).flatten().double().tolist()
+            if nets.inception is not None:
+                # uint8 in: the pixels the evaluator sees, exactly (fake is on the 1/255 grid)
+                fake_u8 = fake.mul(255).round().to(torch.uint8)
+                r["real"] = [nets.inception(imgs_u8.to(opts.device))["pool"].double().cpu().numpy()]
+                r["fake"] = [nets.inception(fake_u8)["pool"].double().cpu().numpy()]
+        out.append((start, r))
+        if bar is not None:
+            bar.update((imgs_u8.shape[0] + len(bad)) * world)  # rank 0's progress stands for all
+    return out
+
+
+def _in_image_order(parts: List[List[Tuple[int, Dict[str, list]]]]) -> Dict[str, list]:
+    """Every rank's chunks concatenated by chunk start: the one-process order, so sums match bit for bit."""
+    merged: Dict[str, list] = {k: [] for k in ("psnr", "ssim", "lpips", "rejected", "real", "fake")}
+    for _, r in sorted((c for rank_chunks in parts for c in rank_chunks), key=lambda c: c[0]):
+        for k in merged:
+            merged[k] += r[k]
+    return merged
+
+
+@torch.no_grad()
 def evaluate_tokenizer(tok: LoadedTokenizer, opts: TokEvalOptions, table: Optional[TokenizerResultsTable] = None,
                        nets: Optional[MetricNets] = None, progress: bool = True,
-                       log: Callable[[str], None] = print) -> Dict[str, object]:
+                       log: Callable[[str], None] = print) -> Optional[Dict[str, object]]:
+    """One pass -> a results row (upserted into table). Under a process group every rank must call it: each
+    scores its share of the images, rank 0 gathers them and returns the row, the others None."""
+    from mvar_dist.distributed import gather_to_0
     from mvar_dist.eval.metrics import frechet_distance, gaussian_stats
+    from mvar_dist.distributed import rank_world
 
     t0 = time.time()
     nets = nets or MetricNets(opts)
@@ -196,34 +246,22 @@ def evaluate_tokenizer(tok: LoadedTokenizer, opts: TokEvalOptions, table: Option
     data = EvalImages(opts.images, vae.resolution, opts.resize_ratio)
     proto_hash, proto = protocol_hash(opts, data, nets)
     idx = list(range(len(data)))[:opts.max_images or None]
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, idx), batch_size=opts.batch_size,
-                                         num_workers=opts.num_workers, collate_fn=_collate)
     health = CodebookHealth(vae.vocab_size, len(vae.patch_nums), vae.z_channels, buffer_rows=0)
-    psnrs, ssims, lpipss, rejected = [], [], [], []
-    feats: Dict[str, List[np.ndarray]] = {"real": [], "fake": []}
     bar = None
-    if progress:
+    if progress and rank_world()[0] == 0:
         from tqdm import tqdm
 
         bar = tqdm(total=len(idx), unit="img", desc="[tok-eval]", dynamic_ncols=True)
-    for imgs_u8, bad in loader:
-        rejected += bad
-        if imgs_u8.shape[0]:
-            real = imgs_u8.to(opts.device).float().div(255.0)
-            ids = vae.img_to_ids(real * 2 - 1)
-            health.observe(ids, torch.zeros(0, vae.z_channels), step=0)
-            fake = M.to_unit_uint8(vae.ids_to_img(ids))
-            psnrs += M.psnr(fake, real).tolist()
-            ssims += M.ssim(fake, real).tolist()
-            if nets.lpips is not None:
-                lpipss += nets.lpips(fake * 2 - 1, real * 2 - 1).flatten().double().tolist()
-            if nets.inception is not None:
-                feats["real"].append(nets.inception(real)["pool"].double().cpu().numpy())
-                feats["fake"].append(nets.inception(fake)["pool"].double().cpu().numpy())
-        if bar is not None:
-            bar.update(imgs_u8.shape[0] + len(bad))
+    mine = _score_images(vae, data, idx, opts, nets, health, bar)
     if bar is not None:
         bar.close()
+    stats = health.interval_stats(torch.device(opts.device))  # a sum over ranks: every rank calls it
+    parts = gather_to_0(mine)
+    if parts is None:
+        return None
+    merged = _in_image_order(parts)
+    psnrs, ssims, lpipss, rejected = merged["psnr"], merged["ssim"], merged["lpips"], merged["rejected"]
+    feats = {"real": merged["real"], "fake": merged["fake"]}
     n = len(psnrs)
     if n == 0:
         raise ValueError(f"no readable images under {opts.images} ({len(rejected)} rejected: {rejected[:3]})")
@@ -243,7 +281,6 @@ def evaluate_tokenizer(tok: LoadedTokenizer, opts: TokEvalOptions, table: Option
                 notes.append(f"rFID from {n} images (< 2048 feature dims: biased upwards, compare like with like)")
     if row["psnr_exact"]:
         notes.append(f"{row['psnr_exact']} image(s) reconstructed exactly (PSNR +inf, left out of the psnr mean)")
-    stats = health.interval_stats(torch.device("cpu"))
     row["usage_all"] = stats.pop("usage_all")
     row.update(stats)
     row.update({"note": "; ".join(notes), "checkpoint": str(tok.weights_path),

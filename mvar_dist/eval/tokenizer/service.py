@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from mvar_dist.distributed import rank_world
+from mvar_dist.eval.watch import one_pass, watch
 from mvar_dist.runs.layout import META, TOKENIZER_CKPT_SUBDIR, TOKENIZER_KIND, is_complete, list_checkpoints
-
-from mvar_dist.eval.watch import watch
 
 from .evaluate import EvalImages, MetricNets, TokEvalOptions, evaluate_tokenizer, load_tokenizer, protocol_hash
 from .results import TokenizerResultsTable
@@ -66,20 +66,30 @@ class TokenizerEvalService:
         return out
 
     def run_once(self) -> List[Dict[str, object]]:
-        rows = []
+        """Evaluate every new tokenizer checkpoint; under a process group rank 0 decides which and every rank
+        scores its share of the images (evaluate_tokenizer); rows are returned on rank 0."""
+        return one_pass(self.todo, self._evaluate_folder)
+
+    def _evaluate_folder(self, folder: Path) -> Optional[Dict[str, object]]:
+        rank0 = rank_world()[0] == 0
+        return evaluate_tokenizer(load_tokenizer(str(folder)), self.opts, self.table, self.nets,
+                                  self.progress and rank0, self.log if rank0 else (lambda _msg: None))
+
+    def todo(self) -> List[Path]:
+        """Checkpoints without a row for this protocol; unreadable ones are logged once and skipped."""
+        out = []
         for folder in self.pending():
             cid = str(folder.resolve())
             try:
                 tok = load_tokenizer(str(folder))
                 data = EvalImages(self.opts.images, tok.vae.resolution, self.opts.resize_ratio)
-                if self.table.has(cid, protocol_hash(self.opts, data, self.nets)[0]):
-                    continue
-                rows.append(evaluate_tokenizer(tok, self.opts, self.table, self.nets, self.progress, self.log))
+                if not self.table.has(cid, protocol_hash(self.opts, data, self.nets)[0]):
+                    out.append(folder)
             except (ValueError, FileNotFoundError) as e:
                 if self.failed.get(cid) != str(e):
                     self.failed[cid] = str(e)
                     self.log(f"[tok-eval] {cid}: skipped: {e}")
-        return rows
+        return out
 
     def watch(self, max_passes: Optional[int] = None) -> None:
         watch(self.run_once, self.roots, self.poll_s, self.log, "tok-eval", max_passes)
