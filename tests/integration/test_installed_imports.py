@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 PARTIAL = {"torch-fidelity": "torch_fidelity.feature_extractor_inceptionv3"}
 
 _DRIVER = r"""
-import importlib, importlib.metadata as md, importlib.util, json, sys, types, warnings
+import importlib, importlib.metadata as md, importlib.util, json, re, sys, types, warnings
 warnings.filterwarnings("ignore")
 
 def import_partial(module):
@@ -56,7 +56,7 @@ partial = json.loads(sys.argv[1])
 only = sys.argv[2:]
 failed = {}
 for dist in md.distributions():
-    name = dist.metadata["Name"]
+    name = re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower()  # PEP 503: torch_fidelity == torch-fidelity
     if only and name not in only:
         continue
     for mod in [partial[name]] if name in partial else top_levels(dist):
