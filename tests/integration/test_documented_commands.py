@@ -285,7 +285,8 @@ COVERED: Dict[str, Tuple[Cheap, ...]] = {
         (py("benchmarks/train.py", "--help", expect=("--presets", "--nproc", "--global_batch", "--precision")),),
 }
 # Benchmarks the README names without a command line: their --help must work too.
-MENTIONED_ONLY = (py("benchmarks/model.py", "--help", expect="--device", slow=True),)
+MENTIONED_ONLY = (py("benchmarks/model.py", "--help", expect="--device", slow=True),
+                  py("benchmarks/gpu_suite.py", "--help", expect=("--dry-run", "--smoke", "--out")))
 
 # Commands whose real run is too expensive or needs a cluster/network here: where they run for real.
 ELSEWHERE: Dict[str, str] = {
@@ -298,7 +299,8 @@ ELSEWHERE: Dict[str, str] = {
     "python benchmarks/gpu_suite.py --dry-run": "tests/integration/test_gpu_suite.py::test_dry_run_lists_every_row_with_its_baseline",
     "python benchmarks/gpu_suite.py --smoke --device cpu": "tests/integration/test_gpu_suite.py::test_smoke_runs_every_row (slow)",
     "python benchmarks/gpu_suite.py --out suite_out":
-        "needs a GPU; tests/integration/test_gpu_suite.py runs the same rows at toy sizes on CPU (--smoke) and the dry run",
+        "tests/integration/test_gpu_suite.py::test_smoke_runs_every_row: needs a GPU; the same rows run at toy sizes on "
+        "CPU (--smoke), and the dry run lists them",
     "python -m pytest -m slow": ".ci/run: `make test` runs the slow tests with the rest",
     MN_DS_NO_SSH: "tests/integration/test_multinode.py::test_deepspeed_two_nodes_match_one_node: two --no_ssh nodes, 127.0.0.1",
     MN_TORCHRUN_C10D: "tests/integration/test_multinode.py::test_torchrun_two_nodes_match_one_node: [c10d], two nodes, 127.0.0.1",
