@@ -24,6 +24,9 @@ RESULTS_NAME = "eval_results.csv"
 # bump when a metric's definition changes: old rows stop matching. v2: the Inception mode (adm | pytorch-fid)
 # is part of the definition; a row's metrics_version names it ("mvar_dist-eval-2/adm")
 METRICS_VERSION = "mvar_dist-eval-2"
+# the sampler's noise scheme (mvar_dist.model.noise.SAMPLER_VERSION, pinned equal by tests/unit/test_eval_npz.py;
+# not imported: this module stays free of torch so reading the table is cheap). Part of the sample folder's name.
+SAMPLER_VERSION = "counter-hash-v1"
 
 
 def metrics_version(mode: str) -> str:
@@ -73,8 +76,10 @@ class Protocol:
 
     def sampling_hash(self) -> str:
         """Hash of what fixes the images only: the metric fields are blanked (and the blob is the one of
-        metrics version 1, before the mode existed, so sample folders made then keep their names)."""
-        blob = {**self._fields(), "reference_sha256": "", "inception_sha256": "", "metrics_version": "mvar_dist-eval-1"}
+        metrics version 1, before the mode existed). `sampler` names the sampler's noise scheme: the same seed
+        gives other images under another scheme, so their folders must not be reused."""
+        blob = {**self._fields(), "reference_sha256": "", "inception_sha256": "", "metrics_version": "mvar_dist-eval-1",
+                "sampler": SAMPLER_VERSION}
         del blob["inception_mode"]
         return hashlib.sha256(json.dumps(blob, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 

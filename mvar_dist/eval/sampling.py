@@ -1,7 +1,7 @@
 """Class-balanced, deterministic, resumable sampling to a PNG folder, split over ranks.
 
 Image i has label i // num_per_class (class-major, like the reference protocol's 50 per class) and its own seed,
-derived from (seed, i) alone; the sampler draws each image from a generator of its own. So an image does not
+derived from (seed, i) alone; the sampler draws each image's noise from that seed alone. So an image does not
 depend on the batch size, the batch it falls in or the rank that draws it: a rerun, a resumption, another world
 size or another batch size reproduces the same PNGs (same device and software). Ranks take batches
 [b*B, (b+1)*B) round robin and sample only the images of a batch whose PNGs are missing.
@@ -23,8 +23,9 @@ from mvar_dist.fsio import write_text_atomic
 from .npz import save_png
 
 PLAN_NAME = "plan.json"
-# v1: one generator per image, seeded with image_seed(i); recorded in plan.json so folders of another scheme are refused
-SEEDING = "per-image-v1"
+# v1: one torch.Generator per image; v2: the sampler's counter-based noise keyed by image_seed(i) (same seeds,
+# other ids). Recorded in plan.json so folders of another scheme are refused
+SEEDING = "per-image-v2"
 # (labels_B int64, seeds_B int64: one seed per image) -> (B, H, W, 3) uint8
 SampleFn = Callable[[torch.Tensor, torch.Tensor], np.ndarray]
 

@@ -7,12 +7,14 @@ Recompute (`incremental=False`): at every scale the whole prefix goes through `m
 official M-VAR code does; it is the reference the incremental path must reproduce id for id.
 
 Both share one per-scale step (`_step`): CFG ramp t = cfg_scale * si / (S-1), logits = (1+t) cond - t uncond,
-then top-k, top-p and one multinomial draw from a seeded generator (official order, so greedy settings give
-the argmax), the scale's codes and the next scale's input.
+then top-k, top-p and one inverse-CDF draw per token (official filter order, so greedy settings give the argmax),
+the scale's codes and the next scale's input.
 
-Seeding: `seed` seeds one generator for the whole call (the draws of a row then depend on the batch around
-it). `seeds_B` gives every row its own generator, which alone feeds that row's multinomial draws (and Gumbel
-noise), so an image depends on its label and seed only, not on the batch size or its position in the batch.
+Noise (mvar_dist/model/noise.py): counter-based, one key per row, so a scale's uniforms for the whole batch are
+one hash over a (B, l) counter grid - no per-row generators or loops. `seeds_B` gives row b the key of its own
+seed, so an image depends on its label and seed only, not on the batch size or its position in the batch;
+`seed` gives row b the key of (seed, b), so a one-row call with `seed=s` equals `seeds_B=[s]`. Every scale's
+shapes are static (B, pn², V) and the draw has no host sync or data-dependent shape.
 """
 from __future__ import annotations
 
@@ -23,9 +25,7 @@ import torch
 
 from mvar_dist.ops.attention import scale_bounds
 
-# one generator for the call, one per row, or None (the global default generator)
-Rng = Union[None, torch.Generator, List[torch.Generator]]
-
+from .noise import STREAM_GUMBEL, STREAM_IDS, Noise
 
 def top_k_top_p_filter_(logits_BlV: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """In place: mask logits below the k-th largest, then the low tail whose softmax mass is <= 1-top_p
@@ -42,37 +42,37 @@ def top_k_top_p_filter_(logits_BlV: torch.Tensor, top_k: int, top_p: float) -> t
     return logits_BlV
 
 
-def sample_ids(logits_BlV: torch.Tensor, top_k: int, top_p: float, rng: Rng) -> torch.Tensor:
-    """(B, l) int64 ids: filter, then one multinomial draw per token."""
+def sample_ids(logits_BlV: torch.Tensor, top_k: int, top_p: float, noise: Noise, si: int) -> torch.Tensor:
+    """(B, l) int64 ids: filter, then one inverse-CDF draw per token from the scale's uniforms (batched: a
+    cumsum and a searchsorted over the fp32 probabilities, no per-row work)."""
+    probs_BlV = top_k_top_p_filter_(logits_BlV, top_k, top_p).float().softmax(dim=-1)
+    cdf_BlV = probs_BlV.cumsum(dim=-1)
+    u_Bl1 = noise.uniform(si, STREAM_IDS, logits_BlV.shape[1]).unsqueeze(-1)
+    idx_Bl = torch.searchsorted(cdf_BlV, u_Bl1 * cdf_BlV[..., -1:], right=True).squeeze(-1)
+    # u * total can round up to the total: then take the last token that has mass (never a filtered one)
+    V = probs_BlV.shape[-1]
+    last_Bl = (V - 1) - (probs_BlV.flip(-1) > 0).to(torch.int8).argmax(dim=-1)
+    return torch.minimum(idx_Bl, last_Bl)
+
+
+def _gumbel_softmax(logits_BlV: torch.Tensor, tau: float, noise: Noise, si: int) -> torch.Tensor:
     B, l, V = logits_BlV.shape
-    probs_BlV = top_k_top_p_filter_(logits_BlV, top_k, top_p).softmax(dim=-1)
-    if isinstance(rng, list):
-        return torch.stack([torch.multinomial(p_lV, num_samples=1, replacement=True, generator=g).view(l)
-                            for p_lV, g in zip(probs_BlV, rng)])
-    return torch.multinomial(probs_BlV.view(-1, V), num_samples=1, replacement=True, generator=rng).view(B, l)
+    gumbels_BlV = -(-noise.uniform_vocab(si, STREAM_GUMBEL, l, V).log()).log()
+    return ((logits_BlV + gumbels_BlV.to(logits_BlV.dtype)) / tau).softmax(dim=-1)
 
 
-def _gumbel_softmax(logits_BlV: torch.Tensor, tau: float, rng: Rng) -> torch.Tensor:
-    if isinstance(rng, list):
-        exp_BlV = torch.stack([torch.empty_like(x_lV).exponential_(generator=g) for x_lV, g in zip(logits_BlV, rng)])
-    else:
-        exp_BlV = torch.empty_like(logits_BlV).exponential_(generator=rng)
-    gumbels_BlV = -exp_BlV.log()
-    return ((logits_BlV + gumbels_BlV) / tau).softmax(dim=-1)
-
-
-def _generators(seed: Optional[int], seeds_B, B: int, device) -> Rng:
-    """seeds_B (B per-row seeds) wins over seed; neither = the global default generator."""
+def _noise(seed: Optional[int], seeds_B, B: int, device) -> Noise:
+    """seeds_B (B per-row seeds) wins over seed; neither = a seed drawn from torch's global generator."""
     if seeds_B is None:
         if seed is None:
-            return None
-        return torch.Generator(device=device).manual_seed(int(seed))
+            seed = int(torch.randint(2**62, ()).item())
+        return Noise.call_wide(int(seed), B, device)
     seeds = torch.as_tensor(seeds_B).reshape(-1)
     if seeds.is_floating_point() or seeds.is_complex() or seeds.dtype == torch.bool:
         raise ValueError(f"seeds_B must hold integers, got dtype {seeds.dtype}")
     if seeds.numel() != B:
         raise ValueError(f"seeds_B has {seeds.numel()} seeds for {B} labels: give one seed per image")
-    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds.tolist()]
+    return Noise.per_image(seeds, device)
 
 
 def _labels(labels_B: Union[torch.Tensor, Sequence[int]], num_classes: int, device) -> torch.Tensor:
@@ -101,19 +101,20 @@ class _Draw:
     top_k: int
     top_p: float
     more_smooth: bool
-    rng: Rng
+    noise: Noise
+    per_image: bool  # seeds_B given: keep the soft codes' GEMM row by row (batch-invariant kernels)
 
 
-def _codes(logits_BlV: torch.Tensor, idx_Bl: torch.Tensor, ratio: float, codebook_VC: torch.Tensor,
+def _codes(logits_BlV: torch.Tensor, idx_Bl: torch.Tensor, si: int, ratio: float, codebook_VC: torch.Tensor,
            draw: _Draw) -> torch.Tensor:
     """(B, l, Cvae) codes of one scale: the drawn ids' codebook rows, or (more_smooth, pictures only: the
     official visualisation mode) soft Gumbel mixtures of the rows."""
     if not draw.more_smooth:
         return codebook_VC[idx_Bl]
     tau = max(0.27 * (1 - 0.95 * ratio), 0.005)
-    soft_BlV = _gumbel_softmax(logits_BlV.mul(1 + ratio), tau, draw.rng)
+    soft_BlV = _gumbel_softmax(logits_BlV.mul(1 + ratio), tau, draw.noise, si)
     cb_VC = codebook_VC.to(logits_BlV.dtype)
-    if isinstance(draw.rng, list):  # row by row: a (B*l)-row GEMM picks B-dependent kernels
+    if draw.per_image:  # row by row: a (B*l)-row GEMM picks B-dependent kernels
         return torch.stack([soft_lV @ cb_VC for soft_lV in soft_BlV])
     return soft_BlV @ cb_VC
 
@@ -125,8 +126,8 @@ def _step(vae, si: int, logits_2BlV: torch.Tensor, f_hat_BChw: torch.Tensor, dra
     ratio = si / (S - 1) if S > 1 else 1.0
     t, B = draw.cfg_scale * ratio, logits_2BlV.shape[0] // 2
     logits_BlV = (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
-    idx_Bl = sample_ids(logits_BlV, draw.top_k, draw.top_p, draw.rng)  # filters logits_BlV in place
-    h_BlC = _codes(logits_BlV, idx_Bl, ratio, vae.codebook, draw)
+    idx_Bl = sample_ids(logits_BlV, draw.top_k, draw.top_p, draw.noise, si)  # filters logits_BlV in place
+    h_BlC = _codes(logits_BlV, idx_Bl, si, ratio, vae.codebook, draw)
     f_hat_BChw, next_BChw = vae.next_ar_input(si, f_hat_BChw, h_BlC.transpose(1, 2).reshape(B, -1, pn, pn))
     next_BlC = next_BChw.flatten(2).transpose(1, 2) if si < S - 1 else None
     return idx_Bl, f_hat_BChw, next_BlC
@@ -178,15 +179,15 @@ def sample(model, vae, labels_B, cfg_scale: float = 1.5, top_k: int = 900, top_p
     device = model.pos_start.device
     labels_B = _labels(labels_B, model.num_classes, device)
     B, side = labels_B.shape[0], model.patch_nums[-1]
-    rng = _generators(seed, seeds_B, B, device)
-    if isinstance(rng, list) and B == 1:
+    noise = _noise(seed, seeds_B, B, device)
+    if seeds_B is not None and B == 1:
         # A lone row runs on other conv/matmul kernels than a batch does (measured on CPU: pixels 1.5e-5 apart),
         # so it is sampled as one of two twins: with per-image seeds, B=1 then gives the pixels of any batch.
         twin_ids, twin_img = sample(model, vae, labels_B.repeat(2), cfg_scale=cfg_scale, top_k=top_k, top_p=top_p,
                                     more_smooth=more_smooth, incremental=incremental,
                                     seeds_B=torch.as_tensor(seeds_B).reshape(-1).repeat(2))
         return [t[:1] for t in twin_ids], twin_img[:1]
-    draw = _Draw(cfg_scale, top_k, top_p, more_smooth, rng)
+    draw = _Draw(cfg_scale, top_k, top_p, more_smooth, noise, seeds_B is not None)
     labels_2B = torch.cat([labels_B, torch.full_like(labels_B, model.num_classes)])  # cond, then uncond half
     f_hat_BChw = vae.codebook.new_zeros(B, model.z_channels, side, side).float()
     was_training = model.training

@@ -89,6 +89,16 @@ def test_protocol_hash_covers_every_field():
     assert pf.sampling_hash() == p.sampling_hash() != _proto(seed=1).sampling_hash()
 
 
+def test_sample_folders_are_named_after_the_samplers_noise_scheme(monkeypatch):
+    # a seed gives other images under another noise scheme: its folders must not be reused
+    from mvar_dist.eval import results
+    from mvar_dist.model.noise import SAMPLER_VERSION
+    assert results.SAMPLER_VERSION == SAMPLER_VERSION
+    before = _proto().sampling_hash()
+    monkeypatch.setattr(results, "SAMPLER_VERSION", "another-scheme")
+    assert _proto().sampling_hash() != before
+
+
 def test_results_table_is_idempotent_and_rows_carry_the_protocol(tmp_path):
     table = ResultsTable(tmp_path)
     p = _proto(reference_sha256="r" * 64, inception_sha256="i" * 64)
