@@ -21,12 +21,13 @@ STREAM_IDS, STREAM_GUMBEL = 0, 1  # independent noise streams of one scale
 
 
 def mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit avalanche finaliser on int64 tensors holding values in [0, 2^32)."""
+    """A 32-bit avalanche finaliser on int64 tensors holding values in [0, 2^32); x is left as it was. In place
+    after the first op: the Gumbel noise runs it over (B, l, V) elements, where allocations dominate."""
     x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & MASK32
-    x = x ^ (x >> 15)
-    x = (x * 0x045D9F3B) & MASK32
-    return x ^ (x >> 16)
+    x.mul_(0x7FEB352D).bitwise_and_(MASK32)
+    x.bitwise_xor_(x >> 15)
+    x.mul_(0x045D9F3B).bitwise_and_(MASK32)
+    return x.bitwise_xor_(x >> 16)
 
 
 def row_keys(seeds_B: torch.Tensor, rows_B: torch.Tensor) -> torch.Tensor:
@@ -37,7 +38,7 @@ def row_keys(seeds_B: torch.Tensor, rows_B: torch.Tensor) -> torch.Tensor:
 
 
 def _to_uniform(h: torch.Tensor) -> torch.Tensor:
-    return ((h >> 9).to(torch.float32) + 0.5) * (1.0 / (1 << 23))
+    return (h >> 9).to(torch.float32).add_(0.5).mul_(1.0 / (1 << 23))
 
 
 @dataclass(frozen=True)

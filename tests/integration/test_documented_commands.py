@@ -281,6 +281,7 @@ COVERED: Dict[str, Tuple[Cheap, ...]] = {
     " [--modes fp32,bf16,tf32] [--small]":
         (py("benchmarks/tokenizer.py", "--help", expect=("--checkpoint", "--iters", "--modes", "--small"), slow=True),),
     "python benchmarks/sampler.py": (py("benchmarks/sampler.py", "--help", expect=("--depths", "--width"), slow=True),),
+    "python benchmarks/sampler.py --draw-only": (py("benchmarks/sampler.py", "--help", expect="--draw-only", slow=True),),
     "python benchmarks/train.py [--presets ...] [--nproc N] [--global_batch B] [--precision bf16]":
         (py("benchmarks/train.py", "--help", expect=("--presets", "--nproc", "--global_batch", "--precision")),),
 }
