@@ -16,6 +16,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from mvar_dist.distributed import per_rank_batch
+
 from .io import ShardStore, ShardError, check_shards_present, read_manifest, split_counts, warn_if_sorted
 from .order import EpochPlan
 from .prefetch import WorkerPool, read_ahead
@@ -49,9 +51,9 @@ class LoaderSettings:
             raise ValueError(f"global_batch must be > 0, got {self.global_batch}")
         if self.world_size <= 0 or not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is not in [0, world_size={self.world_size})")
-        if self.global_batch % self.world_size:
-            raise ValueError(f"global_batch {self.global_batch} is not divisible by world_size {self.world_size}: "
-                             f"each rank takes an equal slice of every global batch")
+        per_rank_batch(self.global_batch, self.world_size, lambda: ValueError(
+            f"global_batch {self.global_batch} is not divisible by world_size {self.world_size}: "
+            f"each rank takes an equal slice of every global batch"))
         if self.split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {self.split!r}")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -19,6 +19,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Tuple
 
+from mvar_dist.distributed import per_rank_batch
+
 from .activations import KERNEL, activation_model
 from .shapes import ModelShapes
 
@@ -211,11 +213,9 @@ def make_plan(run_cfg, s: ModelShapes, st: PlanSettings, train_flops_per_image: 
     global_batch = int(run_cfg.optim.global_batch)
     N = st.gpus
     notes: List[str] = []
-    if global_batch % N:
-        raise PlanError(f"optim.global_batch {global_batch} is not divisible by {N} GPUs; the trainer keeps the "
-                        f"global batch fixed, so use a GPU count dividing {global_batch} "
-                        f"(or override optim.global_batch)")
-    per_rank = global_batch // N
+    per_rank = per_rank_batch(global_batch, N, lambda: PlanError(
+        f"optim.global_batch {global_batch} is not divisible by {N} GPUs; the trainer keeps the global batch "
+        f"fixed, so use a GPU count dividing {global_batch} (or override optim.global_batch)"))
     ckpt, cap, micro = _choose_micro_batch(run_cfg, s, st, per_rank, notes)
     accum = per_rank // micro
     a = DTYPE_BYTES[precision]
