@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Iterable, Optional, Tuple
+from typing import Callable, Iterable, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -49,6 +49,15 @@ def local_device_index(local_rank: int, visible: int) -> int:
                            f"{visible} processes per node, and set LOCAL_RANK to the rank within the node "
                            f"(under Slurm: SLURM_LOCALID, see docs/multinode.md)")
     return local_rank
+
+
+def per_rank_batch(global_batch: int, world: int, error: Callable[[], Exception]) -> int:
+    """Images each rank takes from one global batch. The global batch stays fixed whatever the world size
+    and every rank takes an equal slice of it, so the world size must divide it; otherwise raises error()
+    (built by the caller, which names the setting to change in its own terms)."""
+    if global_batch % world:
+        raise error()
+    return global_batch // world
 
 
 def rank_world() -> Tuple[int, int]:

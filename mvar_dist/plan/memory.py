@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Tuple
+
+from mvar_dist.distributed import per_rank_batch
 
 from .activations import KERNEL, activation_model
 from .shapes import ModelShapes
@@ -161,17 +163,10 @@ def _needed(s: ModelShapes, st: PlanSettings, precision: str, micro: int, checkp
     return "; ".join(parts)
 
 
-def make_plan(run_cfg, s: ModelShapes, st: PlanSettings, train_flops_per_image: float) -> MemoryPlan:
-    st.validate()
-    precision = run_cfg.optim.precision
-    global_batch = int(run_cfg.optim.global_batch)
-    N = st.gpus
-    notes: List[str] = []
-    if global_batch % N:
-        raise PlanError(f"optim.global_batch {global_batch} is not divisible by {N} GPUs; the trainer keeps the "
-                        f"global batch fixed, so use a GPU count dividing {global_batch} "
-                        f"(or override optim.global_batch)")
-    per_rank = global_batch // N
+def _choose_micro_batch(run_cfg, s: ModelShapes, st: PlanSettings, per_rank: int,
+                        notes: List[str]) -> Tuple[bool, int, int]:
+    """(activation checkpointing on?, largest micro batch that fits, micro batch used) for one rank."""
+    precision, global_batch, N = run_cfg.optim.precision, int(run_cfg.optim.global_batch), st.gpus
     ema = bool(run_cfg.ema.enabled)
     fits = {ck: max_micro_batch(s, st, ck, precision, ema) for ck in (False, True)}
     requested = st.micro_batch or int(run_cfg.optim.micro_batch)
@@ -195,27 +190,43 @@ def make_plan(run_cfg, s: ModelShapes, st: PlanSettings, train_flops_per_image: 
         if requested > cap:
             raise PlanError(f"micro batch {requested} does not fit (largest: {cap} with activation checkpointing "
                             f"{'on' if ckpt else 'off'}); " + _needed(s, st, precision, requested, ckpt, ema))
-        micro = requested
-    else:
-        micro = _largest_divisor_at_most(per_rank, cap)
-        if micro < min(cap, per_rank):
-            notes.append(f"micro batch {micro}: the largest divisor of the per-rank batch {per_rank} "
-                         f"<= the {cap} that fit")
+        return ckpt, cap, requested
+    micro = _largest_divisor_at_most(per_rank, cap)
+    if micro < min(cap, per_rank):
+        notes.append(f"micro batch {micro}: the largest divisor of the per-rank batch {per_rank} "
+                     f"<= the {cap} that fit")
+    return ckpt, cap, micro
+
+
+def _activation_per_image_mib(s: ModelShapes, a: int, impl: str, am) -> Dict[str, float]:
+    """Activation memory of one image with and without checkpointing, for the report."""
+    mib = 1024 ** 2
+    no_ck, with_ck = activation_model(s, a, impl, False), activation_model(s, a, impl, True)
+    return {"saved_no_checkpointing": no_ck.saved / mib, "peak_no_checkpointing": no_ck.peak / mib,
+            "saved_with_checkpointing": with_ck.saved / mib, "peak_with_checkpointing": with_ck.peak / mib,
+            "one_block": am.per_block / mib, "logits_BLV": am.logits / mib}
+
+
+def make_plan(run_cfg, s: ModelShapes, st: PlanSettings, train_flops_per_image: float) -> MemoryPlan:
+    st.validate()
+    precision = run_cfg.optim.precision
+    global_batch = int(run_cfg.optim.global_batch)
+    N = st.gpus
+    notes: List[str] = []
+    per_rank = per_rank_batch(global_batch, N, lambda: PlanError(
+        f"optim.global_batch {global_batch} is not divisible by {N} GPUs; the trainer keeps the global batch "
+        f"fixed, so use a GPU count dividing {global_batch} (or override optim.global_batch)"))
+    ckpt, cap, micro = _choose_micro_batch(run_cfg, s, st, per_rank, notes)
     accum = per_rank // micro
     a = DTYPE_BYTES[precision]
     am = activation_model(s, a, st.impl, ckpt)
-    breakdown = dict(model_state_bytes(s, N, precision, ema))
+    breakdown = dict(model_state_bytes(s, N, precision, bool(run_cfg.ema.enabled)))
     breakdown.update(zero3_buffer_bytes(s, precision, N))
     breakdown["tokenizer"] = 4 * s.tokenizer_params
     breakdown["activations_saved"] = am.saved * micro
     breakdown["backward_peak_extra"] = (am.peak - am.saved) * micro
     breakdown["reserve"] = st.reserve_gib * GIB
     total = sum(breakdown.values())
-    mib = 1024 ** 2
-    no_ck, with_ck = activation_model(s, a, st.impl, False), activation_model(s, a, st.impl, True)
-    per_image = {"saved_no_checkpointing": no_ck.saved / mib, "peak_no_checkpointing": no_ck.peak / mib,
-                 "saved_with_checkpointing": with_ck.saved / mib, "peak_with_checkpointing": with_ck.peak / mib,
-                 "one_block": am.per_block / mib, "logits_BLV": am.logits / mib}
     step_time = train_flops_per_image * global_batch / (N * st.peak_tflops * 1e12 * st.mfu)
     if ckpt:
         notes.append("step time counts model FLOPs (3x forward); checkpointing also recomputes each forward "
@@ -224,7 +235,8 @@ def make_plan(run_cfg, s: ModelShapes, st: PlanSettings, train_flops_per_image: 
         config=run_cfg.name, arch=s.arch, num_params=s.num_params, gpus=N, gpu_mem_gib=st.gpu_mem_gib,
         precision=precision, act_checkpoint=ckpt, micro_batch=micro, max_micro_batch=cap, grad_accum=accum,
         global_batch=global_batch, per_rank_gib={k: v / GIB for k, v in breakdown.items()},
-        activation_per_image_mib=per_image, total_gib=total / GIB, usable_gib=_usable_bytes(st) / GIB + st.reserve_gib,
+        activation_per_image_mib=_activation_per_image_mib(s, a, st.impl, am), total_gib=total / GIB,
+        usable_gib=_usable_bytes(st) / GIB + st.reserve_gib,
         train_flops_per_image=float(train_flops_per_image), step_time_s=step_time,
         images_per_s=global_batch / step_time, notes=notes)
 

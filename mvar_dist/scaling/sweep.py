@@ -140,6 +140,28 @@ _KEYS = ("name", "out_root", "archs", "depths", "budgets", "seeds", "preset", "h
          "overrides", "train_command", "eval_command", "dataset_images", "hardware", "entropy")
 
 
+def _preset(preset: Any, err) -> str:
+    """The run-name template; it must format with {arch} and {depth} only."""
+    if not isinstance(preset, str):
+        raise err("preset", f"must be a string template, got {preset!r}")
+    try:
+        preset.format(arch="var", depth=1)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise err("preset", f"bad template {preset!r} (placeholders: {{arch}}, {{depth}}): {exc}") from None
+    return preset
+
+
+def _hardware(hw: Any, err) -> Hardware:
+    """The `hardware:` section (peak TFLOP/s, MFU, name) the compute estimates use."""
+    if not isinstance(hw, Mapping) or set(hw) - {"peak_tflops", "mfu", "name"}:
+        raise err("hardware", "must be a mapping with peak_tflops, mfu, name")
+    hardware = Hardware(peak_tflops=_pos_num(hw.get("peak_tflops", 989.0), "hardware.peak_tflops", err),
+                        mfu=_pos_num(hw.get("mfu", 0.40), "hardware.mfu", err), name=str(hw.get("name", "H100")))
+    if hardware.mfu > 1:
+        raise err("hardware.mfu", f"is a fraction in (0, 1], got {hardware.mfu}")
+    return hardware
+
+
 def parse_sweep(data: Mapping[str, Any], source: str = "sweep") -> Sweep:
     def err(fld, msg):
         return SweepError(fld, msg, source)
@@ -166,13 +188,7 @@ def parse_sweep(data: Mapping[str, Any], source: str = "sweep") -> Sweep:
                         ("budgets", [b.name for b in budgets])):
         if len(set(items)) != len(items):
             raise err(what, f"has duplicate entries: {list(items)}")
-    preset = data.get("preset", "{arch}_d{depth}")
-    if not isinstance(preset, str):
-        raise err("preset", f"must be a string template, got {preset!r}")
-    try:
-        preset.format(arch="var", depth=1)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise err("preset", f"bad template {preset!r} (placeholders: {{arch}}, {{depth}}): {exc}") from None
+    preset = _preset(data.get("preset", "{arch}_d{depth}"), err)
     per_depth_raw = data.get("per_depth", {}) or {}
     if not isinstance(per_depth_raw, Mapping):
         raise err("per_depth", "must map a depth to a list of overrides")
@@ -180,13 +196,7 @@ def parse_sweep(data: Mapping[str, Any], source: str = "sweep") -> Sweep:
     for d, ov in per_depth_raw.items():
         dd = _pos_int(d, f"per_depth.{d}", err)
         per_depth[dd] = _overrides(ov, f"per_depth.{d}", err)
-    hw = data.get("hardware", {}) or {}
-    if not isinstance(hw, Mapping) or set(hw) - {"peak_tflops", "mfu", "name"}:
-        raise err("hardware", "must be a mapping with peak_tflops, mfu, name")
-    hardware = Hardware(peak_tflops=_pos_num(hw.get("peak_tflops", 989.0), "hardware.peak_tflops", err),
-                        mfu=_pos_num(hw.get("mfu", 0.40), "hardware.mfu", err), name=str(hw.get("name", "H100")))
-    if hardware.mfu > 1:
-        raise err("hardware.mfu", f"is a fraction in (0, 1], got {hardware.mfu}")
+    hardware = _hardware(data.get("hardware", {}) or {}, err)
     entropy = data.get("entropy")
     if entropy is not None:
         entropy = _pos_num(entropy, "entropy", err)

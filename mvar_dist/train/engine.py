@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from mvar_dist.config import ConfigError, RunConfig, configs_dir
+from mvar_dist.distributed import per_rank_batch
 
 from .amp import install_official_amp
 
@@ -36,11 +37,10 @@ def read_ds_config(path: Optional[str]) -> Dict[str, Any]:
 
 def batch_split(global_batch: int, micro_batch: int, world_size: int) -> tuple:
     """(micro batch per rank, gradient accumulation steps) for a fixed global batch."""
-    if global_batch % world_size:
-        raise ConfigError("optim.global_batch",
-                          f"global batch {global_batch} is not divisible by world size {world_size}; "
-                          f"the global batch stays fixed across world sizes, so pick a multiple of {world_size}")
-    micro = micro_batch or global_batch // world_size
+    per_rank = per_rank_batch(global_batch, world_size, lambda: ConfigError(
+        "optim.global_batch", f"global batch {global_batch} is not divisible by world size {world_size}; "
+                              f"the global batch stays fixed across world sizes, so pick a multiple of {world_size}"))
+    micro = micro_batch or per_rank
     if global_batch % (micro * world_size):
         raise ConfigError("optim.micro_batch",
                           f"global batch {global_batch} is not divisible by world size {world_size} x micro batch "

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_train_loop import _make_token_shards, run_train
+from test_train_loop import run_train, shards  # noqa: F401  (fixture)
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "losses"
 STEPS = 30
@@ -24,11 +24,6 @@ STEPS = 30
 RTOL = {"loss": 2e-6, "grad_norm": 2e-5, "lr": 1e-12}
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    return _make_token_shards(tmp_path_factory.mktemp("tokens"))
 
 
 def trajectory(config: str, shards: Path, out: Path, *extra: str) -> np.ndarray:

@@ -9,18 +9,13 @@ from pathlib import Path
 
 import pytest
 from s3_utils import TEST_ENV, moto_s3  # noqa: F401
-from test_train_loop import _make_token_shards, run_train
+from test_train_loop import run_train, shards  # noqa: F401  (fixture)
 
 from mvar_dist.preflight import OutputLock
 from mvar_dist.runs import manifest as mf
 
 pytestmark = pytest.mark.slow
 BASE = ["--config", "mvar_tiny", "optim.tblr=0.05", "data.val_fraction=0"]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    return _make_token_shards(tmp_path_factory.mktemp("tokens"))
 
 
 @pytest.fixture(scope="module")

@@ -231,14 +231,27 @@ def _in_image_order(parts: List[List[Tuple[int, Dict[str, list]]]]) -> Dict[str,
 
 
 @torch.no_grad()
+def _rfid(nets: MetricNets, feats: Dict[str, List[np.ndarray]], n: int, notes: List[str]) -> Optional[float]:
+    """Reconstruction FID of the gathered Inception features (None without the Inception net or < 2 images)."""
+    from mvar_dist.eval.metrics import frechet_distance, gaussian_stats
+
+    if nets.inception is None:
+        return None
+    if n < 2:
+        notes.append("rFID skipped (needs at least 2 images)")
+        return None
+    real_f, fake_f = np.concatenate(feats["real"]), np.concatenate(feats["fake"])
+    if n < 2048:
+        notes.append(f"rFID from {n} images (< 2048 feature dims: biased upwards, compare like with like)")
+    return frechet_distance(*gaussian_stats(fake_f), *gaussian_stats(real_f))
+
+
 def evaluate_tokenizer(tok: LoadedTokenizer, opts: TokEvalOptions, table: Optional[TokenizerResultsTable] = None,
                        nets: Optional[MetricNets] = None, progress: bool = True,
                        log: Callable[[str], None] = print) -> Optional[Dict[str, object]]:
     """One pass -> a results row (upserted into table). Under a process group every rank must call it: each
     scores its share of the images, rank 0 gathers them and returns the row, the others None."""
-    from mvar_dist.distributed import gather_to_0
-    from mvar_dist.eval.metrics import frechet_distance, gaussian_stats
-    from mvar_dist.distributed import rank_world
+    from mvar_dist.distributed import gather_to_0, rank_world
 
     t0 = time.time()
     nets = nets or MetricNets(opts)
@@ -271,14 +284,7 @@ def evaluate_tokenizer(tok: LoadedTokenizer, opts: TokEvalOptions, table: Option
                               "num_images": n, "rejected": len(rejected), "resolution": vae.resolution,
                               **M.summarise_psnr(psnrs), "ssim": float(np.mean(ssims)),
                               "lpips": float(np.mean(lpipss)) if lpipss else None, "rfid": None}
-    if nets.inception is not None:
-        if n < 2:
-            notes.append("rFID skipped (needs at least 2 images)")
-        else:
-            real_f, fake_f = np.concatenate(feats["real"]), np.concatenate(feats["fake"])
-            row["rfid"] = frechet_distance(*gaussian_stats(fake_f), *gaussian_stats(real_f))
-            if n < 2048:
-                notes.append(f"rFID from {n} images (< 2048 feature dims: biased upwards, compare like with like)")
+    row["rfid"] = _rfid(nets, feats, n, notes)
     if row["psnr_exact"]:
         notes.append(f"{row['psnr_exact']} image(s) reconstructed exactly (PSNR +inf, left out of the psnr mean)")
     row["usage_all"] = stats.pop("usage_all")

@@ -17,6 +17,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
+from mvar_dist.distributed import per_rank_batch
 from mvar_dist.data_pipeline.augment import Rejected, VariantSpec, decode, resize_shorter, to_model_input
 from mvar_dist.data_pipeline.sources import list_inputs, read_bytes
 
@@ -78,10 +79,10 @@ class StepBatches(torch.utils.data.Sampler):
     """For each step from `start_step`: this rank's slice of the step's global positions."""
 
     def __init__(self, start_step: int, global_batch: int, rank: int, world: int, stop_step: int):
-        if global_batch % world:
-            raise ValueError(f"optim.global_batch={global_batch} must be divisible by the world size {world}")
+        self.b = per_rank_batch(int(global_batch), world, lambda: ValueError(
+            f"optim.global_batch={global_batch} must be divisible by the world size {world}"))
         self.start, self.stop = int(start_step), int(stop_step)
-        self.G, self.b, self.rank = int(global_batch), int(global_batch) // world, int(rank)
+        self.G, self.rank = int(global_batch), int(rank)
 
     def __iter__(self) -> Iterator[List[int]]:
         for step in range(self.start, self.stop):

@@ -151,18 +151,24 @@ def _fit(tr: TokenizerTrainer, stream: ImageStream, cfg: TokTrainConfig, rank: i
         if status == "finished":
             tr.check_finite("export")  # every rank: the same replica, the same answer
         if status == "finished" and rank == 0:
-            paths = S.export_generator(tr.vae, Path(cfg.out_dir) / "export", cfg.quant.l2_norm_codes)
-            summary["export"] = {k: str(v) for k, v in paths.items()}
-            if tr.ema is not None:
-                ema = S.export_generator(tr.ema_model(), Path(cfg.out_dir) / "export", cfg.quant.l2_norm_codes,
-                                         stem="vae_ema")
-                summary["export"].update({f"ema_{k}": str(v) for k, v in ema.items()})
-            tr.log(f"exported {paths['pth']} and {paths['safetensors']}")
+            summary["export"] = _export(tr, cfg)
         D.barrier()
         return summary
     finally:
         stop.restore()
         logger.close()
+
+
+def _export(tr: TokenizerTrainer, cfg: TokTrainConfig) -> Dict[str, str]:
+    """Write the finished tokenizer (and its EMA copy) for the generator; returns the written paths."""
+    paths = S.export_generator(tr.vae, Path(cfg.out_dir) / "export", cfg.quant.l2_norm_codes)
+    written = {k: str(v) for k, v in paths.items()}
+    if tr.ema is not None:
+        ema = S.export_generator(tr.ema_model(), Path(cfg.out_dir) / "export", cfg.quant.l2_norm_codes,
+                                 stem="vae_ema")
+        written.update({f"ema_{k}": str(v) for k, v in ema.items()})
+    tr.log(f"exported {paths['pth']} and {paths['safetensors']}")
+    return written
 
 
 class BadStepsError(OperatorError):
