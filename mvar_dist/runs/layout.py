@@ -37,7 +37,7 @@ WEIGHT_FILES = {"raw": "model.safetensors", "ema": "model_ema.safetensors"}  # c
 
 
 def ema_file(rank: int) -> str:
-    """A rank's EMA partition file, relative to the step folder (manifest.file_owner knows the pattern)."""
+    """A rank's EMA partition file, relative to the step folder."""
     return f"{EMA_DIR}/rank_{rank:05d}.safetensors"
 
 

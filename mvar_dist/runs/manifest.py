@@ -2,17 +2,21 @@
 
 Marker (`COMPLETE`, JSON), written by global rank 0 once every rank has reported its files:
 
-    {"step": 120, "format": 2, "world_size": 2,
-     "files": {"ds/state/zero_pp_rank_1_mp_rank_00_optim_states.pt": {"size": 5678, "sha256": "...", "rank": 1},
-               "meta.json": {"size": 404, "sha256": "...", "rank": 0}, ...}}
+    {"step": 120, "format": 3, "world_size": 2,
+     "files": {"ds/state/zero_pp_rank_1_mp_rank_00_optim_states.pt":
+                   {"size": 5678, "sha256": "...", "rank": 1, "per_rank": true},
+               "meta.json": {"size": 404, "sha256": "...", "rank": 0, "per_rank": false}, ...}}
 
-Each rank hashes the files it wrote (its ZeRO-3 shards, named by DeepSpeed after the data-parallel
-rank, its RNG file and, with EMA on, its EMA partition); rank 0 also hashes the shared files (model.safetensors, the small JSON/YAML
-files, DeepSpeed's recovery scripts). Hashing where the file was written spreads the cost over the
-ranks and works when a rank's files are on a disk only that rank sees.
+A rank's own ("per_rank") files are the ones it says it wrote: the trainer records every file its
+DeepSpeed engine saves (train/checkpoint.SaveRecorder) and its RNG and EMA files, and each rank hashes
+those. Nothing here knows DeepSpeed's file names, so new per-rank state needs no pattern. Files no
+rank claimed are shared, written once by rank 0 (model.safetensors, the small JSON/YAML files,
+DeepSpeed's recovery scripts); rank 0 hashes them after the gather. Hashing where a file was written
+spreads the cost over the ranks and works when a rank's files are on a disk only that rank sees.
 
-Markers without "files" (`{"step": N}` or empty, written before verification existed) are accepted
-unverified, with a warning: refusing them would strand every existing run.
+Format-2 markers (no "per_rank") told per-rank files by DeepSpeed's names; `owner` still reads them
+that way. Markers without "files" (`{"step": N}` or empty, written before verification existed) are
+accepted unverified, with a warning: refusing them would strand every existing run.
 """
 from __future__ import annotations
 
@@ -25,12 +29,11 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 from mvar_dist.fsio import sha256_file
 
 MARKER = "COMPLETE"
-MARKER_FORMAT = 2
+MARKER_FORMAT = 3
 VERIFY_MODES = ("hash", "size")
-# DeepSpeed names ZeRO shards after the data-parallel rank (= global rank here: no model/pipeline parallelism).
-_SHARD_RE = re.compile(r"(?:^|/)(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_(optim|model)_states\.pt$")
-_RNG_RE = re.compile(r"^rng/rank_(\d+)\.pt$")
-_EMA_RE = re.compile(r"^ema/rank_(\d+)\.safetensors$")  # layout.ema_file (layout imports this module)
+# Format-2 markers only: their per-rank files are told by DeepSpeed's names (data-parallel rank = global rank).
+_V2_SHARD_RE = re.compile(r"(?:^|/)(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_(?:optim|model)_states\.pt$")
+_V2_RANK_FILE_RE = re.compile(r"^(?:rng/rank_(\d+)\.pt|ema/rank_(\d+)\.safetensors)$")
 # Added after publishing (the cached universal conversion has its own marker), so never listed.
 _LATER = ("ds/universal/", "ds/.universal")
 
@@ -43,10 +46,12 @@ class CheckpointDamaged(ValueError):
         self.name, self.problem = name, problem
 
 
-def file_owner(rel: str) -> Optional[int]:
-    """The rank that writes this file (by its name), or None for a shared file (written by rank 0)."""
-    m = _SHARD_RE.search(rel) or _RNG_RE.match(rel) or _EMA_RE.match(rel)
-    return int(m.group(1)) if m else None
+def owner(rel: str, entry: Dict[str, Any]) -> Optional[int]:
+    """The rank whose own file a marker entry is, or None for a shared file (written by rank 0)."""
+    if "per_rank" in entry:
+        return int(entry["rank"]) if entry["per_rank"] else None
+    m = _V2_SHARD_RE.search(rel) or _V2_RANK_FILE_RE.match(rel)
+    return int(next(g for g in m.groups() if g is not None)) if m else None
 
 
 def folder_files(folder: Path) -> List[str]:
@@ -66,30 +71,24 @@ def describe(folder: Path, rels: Iterable[str]) -> Dict[str, Dict[str, Any]]:
     return {rel: {"size": (folder / rel).stat().st_size, "sha256": sha256_file(folder / rel)} for rel in rels}
 
 
-def _missing_own(rank: int, rels: List[str]) -> List[str]:
-    kinds = {m.group(2) for m in map(_SHARD_RE.search, rels) if m}
-    want = [f"ZeRO {k} shard" for k in ("optim", "model") if k not in kinds]
-    if not any(_RNG_RE.match(r) for r in rels):
-        want.append(f"rng/rank_{rank:05d}.pt")
-    return want
-
-
-def rank_report(folder: Path, rank: int) -> Dict[str, Any]:
-    """This rank's files with size and sha256; never raises, so every rank reaches the gather.
-
-    ok=False (with the reason) when the rank's own shards or RNG file are missing or unreadable."""
+def rank_report(folder: Path, rank: int, own: Iterable[str]) -> Dict[str, Any]:
+    """This rank's own files (relative paths it wrote) with size and sha256; never raises, so every
+    rank reaches the gather. ok=False with the reason when one of them is missing or unreadable."""
     try:
-        rels = [r for r in folder_files(folder) if file_owner(r) == rank or (rank == 0 and file_owner(r) is None)]
-        missing = _missing_own(rank, [r for r in rels if file_owner(r) == rank])
-        if missing:
-            return {"rank": rank, "ok": False, "error": f"no {', '.join(missing)} written", "files": {}}
-        return {"rank": rank, "ok": True, "error": "", "files": describe(folder, rels)}
+        return {"rank": rank, "ok": True, "error": "", "files": describe(folder, sorted(set(own)))}
     except OSError as e:
         return {"rank": rank, "ok": False, "error": f"{type(e).__name__}: {e}", "files": {}}
 
 
-def build_marker(step: int, reports: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """The marker from every rank's report; ValueError naming each rank that failed."""
+def unclaimed(folder: Path, reports: List[Dict[str, Any]]) -> List[str]:
+    """The files in folder no rank reported as its own: the shared ones, written by rank 0."""
+    claimed = {rel for r in reports for rel in r["files"]}
+    return [rel for rel in folder_files(folder) if rel not in claimed]
+
+
+def build_marker(step: int, reports: List[Dict[str, Any]], shared: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The marker from every rank's report and rank 0's shared files ({rel: describe entry});
+    ValueError naming each rank that failed, or a file claimed twice."""
     failed = [f"rank {r['rank']}: {r['error']}" for r in reports if not r["ok"]]
     if failed:
         raise ValueError("; ".join(failed))
@@ -98,7 +97,11 @@ def build_marker(step: int, reports: List[Dict[str, Any]]) -> Dict[str, Any]:
         for rel, entry in r["files"].items():
             if rel in files:  # two ranks claiming a file would mean two writers of it
                 raise ValueError(f"{rel} reported by rank {files[rel]['rank']} and rank {r['rank']}")
-            files[rel] = {**entry, "rank": r["rank"]}
+            files[rel] = {**entry, "rank": r["rank"], "per_rank": True}
+    for rel, entry in (shared or {}).items():
+        if rel in files:
+            raise ValueError(f"{rel} reported by rank {files[rel]['rank']} and as a shared file")
+        files[rel] = {**entry, "rank": 0, "per_rank": False}
     return {"step": step, "format": MARKER_FORMAT, "world_size": len(reports), "files": files}
 
 

@@ -194,6 +194,33 @@ def ensure_universal(folder: Path) -> Path:
     return out
 
 
+class SaveRecorder:
+    """Wraps a DeepSpeed engine's checkpoint engine to note every file it saves on this rank.
+
+    Those are the rank's own files in the step folder's marker, so per-rank state is told by who
+    wrote it, never by DeepSpeed's file names. Everything else is the wrapped engine's."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self._saved: List[str] = []
+
+    def save(self, state_dict, path):
+        self._inner.save(state_dict, path)
+        self._saved.append(str(path))
+
+    def take_saved(self) -> List[str]:
+        """The paths saved since the last call."""
+        saved, self._saved = self._saved, []
+        return saved
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    @classmethod
+    def install(cls, engine) -> None:
+        engine.checkpoint_engine = cls(engine.checkpoint_engine)
+
+
 class CheckpointWriter:
     """Writes one step folder collectively; rank 0 publishes it and applies retention.
 
@@ -207,6 +234,7 @@ class CheckpointWriter:
         self.root = Path(stage_dir) if self.remote is not None else Path(root)
         self.rank = rank
         self.keep_last, self.keep_every = keep_last, keep_every
+        self._own: Dict[int, set] = {}  # step -> files this rank wrote into that step's folder (claim)
 
     def clean_stale(self) -> None:
         """Remove leftovers of saves that died before publishing (rank 0, at start)."""
@@ -233,9 +261,20 @@ class CheckpointWriter:
             return self.remote.uri_of(step_name(step))
         return self.root / step_name(step)
 
-    def write_rank_files(self, tmp: Path, rng_state: Dict[str, Any]) -> None:
-        (tmp / "rng").mkdir(parents=True, exist_ok=True)
-        torch.save(rng_state, tmp / "rng" / f"rank_{self.rank:05d}.pt")
+    def claim(self, step: int, paths) -> None:
+        """Note files this rank wrote into the step folder: the marker lists them as its own."""
+        tmp = os.path.abspath(self.tmp_folder(step))
+        for p in paths:
+            rel = os.path.relpath(os.path.abspath(p), tmp)
+            if rel.startswith(".."):
+                raise ValueError(f"{p} is not inside the step folder {tmp}")
+            self._own.setdefault(step, set()).add(Path(rel).as_posix())
+
+    def write_rank_files(self, step: int, rng_state: Dict[str, Any]) -> None:
+        path = self.tmp_folder(step) / "rng" / f"rank_{self.rank:05d}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(rng_state, path)
+        self.claim(step, [path])
 
     def write_shared_files(self, step: int, files: Dict[str, str]) -> None:
         """Rank 0: the small files, before the ranks report (rank 0's report hashes them)."""
@@ -246,7 +285,7 @@ class CheckpointWriter:
         """This rank's files with sizes and sha256 (manifest.rank_report), uploaded for a remote root.
 
         before_upload(step, rank): a fault-drill hook; raising there counts as a failed upload."""
-        rep = mf.rank_report(self.tmp_folder(step), self.rank)
+        rep = mf.rank_report(self.tmp_folder(step), self.rank, self._own.pop(step, ()))
         if self.remote is None or not rep["ok"]:
             return rep
         try:
@@ -258,16 +297,22 @@ class CheckpointWriter:
         return rep
 
     def publish(self, step: int, files: Dict[str, str], reports: Optional[List[Dict[str, Any]]] = None):
-        """Rank 0: write the small files, the marker last, rename into place, apply retention.
+        """Rank 0: write the small files, hash (and upload) the shared ones, the marker last, rename into
+        place, apply retention.
 
         reports: every rank's `report`; a failed one raises ValueError and nothing is published.
-        Without them (one process) rank 0 lists the whole folder as its own."""
+        Without them (one process) this writer's own report is the only one."""
         tmp, final = self.tmp_folder(step), self.final_folder(step)
         self.write_shared_files(step, files)
         if reports is None:
-            reports = [{"rank": 0, "ok": True, "error": "", "files": mf.describe(tmp, mf.folder_files(tmp))}]
-        text = mf.marker_text(mf.build_marker(step, reports))
+            reports = [self.report(step)]
+        failed = [f"rank {r['rank']}: {r['error']}" for r in reports if not r["ok"]]
+        if failed:  # before hashing the shared files: the marker will not be written anyway
+            raise ValueError("; ".join(failed))
+        shared = mf.unclaimed(tmp, reports)
+        text = mf.marker_text(mf.build_marker(step, reports, mf.describe(tmp, shared)))
         if self.remote is not None:
+            self.remote.upload(tmp, step_name(step), shared)
             self.remote.write_marker(step_name(step), text)
             self.apply_retention()
             return final

@@ -198,6 +198,7 @@ def _setup(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: 
         model.compile_blocks()
     engine, wd_mults = build_engine(model, cfg, ds_config)
     safe_load.install(engine)
+    ck.SaveRecorder.install(engine)
     run = _Run(cfg, rank, world, device, micro, accum, vae=vae, tok_hash=tok_hash, loader=loader,
                val_loader=val_loader, max_steps=max_steps,
                sched=Schedule.from_config(cfg.optim, loader.steps_per_epoch, max_steps), engine=engine,
@@ -385,10 +386,11 @@ def _save(run: _Run, last: bool, hooks: TrainHooks) -> None:
     dist.barrier()
     (tmp / ck.DS_DIR / ck.DS_TAG).mkdir(parents=True, exist_ok=True)  # staging on another node's disk
     run.engine.save_checkpoint(str(tmp / ck.DS_DIR), tag=ck.DS_TAG, save_latest=False)
+    writer.claim(step, run.engine.checkpoint_engine.take_saved())
     errors = []
-    _attempt(errors, writer.write_rank_files, tmp, ck.capture_rng())
+    _attempt(errors, writer.write_rank_files, step, ck.capture_rng())
     if run.ema is not None:
-        _attempt(errors, run.ema.save, tmp, step)
+        _attempt(errors, lambda: writer.claim(step, [run.ema.save(tmp, step)]))
     if cfg.ckpt.export_dtype != "none":
         errors += export_weights(run.engine, run.ema, rank, tmp, cfg.ckpt.export_dtype,
                                  {"arch": cfg.model.arch, "step": str(step)})

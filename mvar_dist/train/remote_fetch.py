@@ -54,4 +54,4 @@ def download_universal(store: RemoteRoot, name: str, folder: Path) -> Optional[s
 
 def files_for_rank(files: Dict[str, Any], rank: int) -> List[str]:
     """What a rank loads at the same world size: its own shards, RNG and EMA files, and the loader/meta files."""
-    return sorted(r for r in files if mf.file_owner(r) == rank or r in ("meta.json", "loader.json"))
+    return sorted(r for r, e in files.items() if mf.owner(r, e) == rank or r in ("meta.json", "loader.json"))

@@ -36,6 +36,11 @@ def test_marker_lists_every_rank_file(reference):
     files = json.loads((folder / ck.MARKER).read_text())["files"]
     assert files[OPTIM1]["rank"] == 1 and files["rng/rank_00001.pt"]["rank"] == 1
     assert files["ds/state/zero_pp_rank_0_mp_rank_00_model_states.pt"]["rank"] == 0
+    # per-rank = what each rank's DeepSpeed engine saved (SaveRecorder), its RNG and EMA files; the rest is shared
+    per_rank = {rel: mf.owner(rel, e) for rel, e in files.items() if mf.owner(rel, e) is not None}
+    assert per_rank == {**{f"ds/state/zero_pp_rank_{r}_mp_rank_00_{k}_states.pt": r for r in (0, 1)
+                           for k in ("model", "optim")},
+                        **{f"rng/rank_{r:05d}.pt": r for r in (0, 1)}, **{f"ema/rank_{r:05d}.safetensors": r for r in (0, 1)}}
     assert {"meta.json", "config.yaml", "loader.json", "metrics.json", "model.safetensors"} <= set(files)
     assert sorted(files) == mf.folder_files(folder)  # everything the save wrote, nothing else
     assert mf.verify_folder(folder, "hash") is None

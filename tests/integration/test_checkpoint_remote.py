@@ -20,7 +20,7 @@ def _save_remote(root, stage, step, fail_rank=None):
     writers = [ck.CheckpointWriter(root, r, keep_last=2, keep_every=0, stage_dir=stage) for r in (0, 1)]
     tmp = writers[0].tmp_folder(step)
     for r in (0, 1):
-        _rank_files(tmp, r, size=100 + step)
+        writers[r].claim(step, [tmp / rel for rel in _rank_files(tmp, r, size=100 + step)])
     writers[0].write_shared_files(step, {"meta.json": json.dumps({"step": step, "world_size": 2}),
                                          "loader.json": "{}"})
 

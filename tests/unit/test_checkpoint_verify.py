@@ -18,56 +18,82 @@ def _write(folder, rel, data: bytes):
 
 
 def _rank_files(folder, rank, size=64):
-    for kind in ("optim", "model"):
-        _write(folder, SHARD.format(rank, kind), bytes([rank + 1]) * size)
-    _write(folder, f"rng/rank_{rank:05d}.pt", b"rng%d" % rank)
+    """A rank's files as the loop writes them; returns their relative paths (what the rank claims)."""
+    rels = [SHARD.format(rank, kind) for kind in ("optim", "model")] + [f"rng/rank_{rank:05d}.pt"]
+    for rel in rels[:2]:
+        _write(folder, rel, bytes([rank + 1]) * size)
+    _write(folder, rels[2], b"rng%d" % rank)
+    return rels
 
 
 def _save(root, step, world=2):
     """A step folder published the way the loop does it: rank files, shared files, reports, marker."""
-    w = ck.CheckpointWriter(root, rank=0, keep_last=10, keep_every=0)
-    tmp = w.tmp_folder(step)
-    for r in range(world):
-        _rank_files(tmp, r, size=100 + step)
+    writers = [ck.CheckpointWriter(root, rank=r, keep_last=10, keep_every=0) for r in range(world)]
+    tmp = writers[0].tmp_folder(step)
+    for r, w in enumerate(writers):
+        w.claim(step, [tmp / rel for rel in _rank_files(tmp, r, size=100 + step)])
     _write(tmp, "ds/zero_to_fp32.py", b"# script")
-    w.write_shared_files(step, {"meta.json": json.dumps({"step": step, "world_size": world, "arch": "mvar"})})
-    reports = [ck.CheckpointWriter(root, r, 10, 0).report(step) for r in range(world)]
-    return w.publish(step, {}, reports)
+    writers[0].write_shared_files(step, {"meta.json": json.dumps({"step": step, "world_size": world, "arch": "mvar"})})
+    reports = [w.report(step) for w in writers]
+    return writers[0].publish(step, {}, reports)
 
 
-def test_each_rank_reports_its_own_files_and_rank0_the_shared_ones(tmp_path):
-    _rank_files(tmp_path, 0)
-    _rank_files(tmp_path, 1)
+def test_each_rank_reports_the_files_it_wrote_and_rank0_the_rest(tmp_path):
+    own = {r: _rank_files(tmp_path, r) for r in (0, 1)}
     _write(tmp_path, "meta.json", b"{}")
     _write(tmp_path, "ds/universal/x.pt", b"later")  # the cached conversion is never listed
-    r0, r1 = mf.rank_report(tmp_path, 0), mf.rank_report(tmp_path, 1)
+    r0, r1 = mf.rank_report(tmp_path, 0, own[0]), mf.rank_report(tmp_path, 1, own[1])
     assert r0["ok"] and r1["ok"]
-    assert sorted(r1["files"]) == ["ds/state/zero_pp_rank_1_mp_rank_00_model_states.pt",
-                                   "ds/state/zero_pp_rank_1_mp_rank_00_optim_states.pt", "rng/rank_00001.pt"]
-    assert "meta.json" in r0["files"] and not any("rank_1" in f for f in r0["files"])
+    assert sorted(r1["files"]) == sorted(own[1])
     assert r1["files"]["rng/rank_00001.pt"] == {"size": 4, "sha256": mf.sha256_file(tmp_path / "rng/rank_00001.pt")}
-    marker = mf.build_marker(7, [r0, r1])
-    assert marker["step"] == 7 and marker["world_size"] == 2 and len(marker["files"]) == 7
-    assert marker["files"][SHARD.format(1, "optim")]["rank"] == 1
-    assert mf.file_owner("ds/state/bf16_zero_pp_rank_3_mp_rank_00_optim_states.pt") == 3
+    shared = mf.unclaimed(tmp_path, [r0, r1])
+    assert shared == ["meta.json"]
+    marker = mf.build_marker(7, [r0, r1], mf.describe(tmp_path, shared))
+    assert marker["step"] == 7 and marker["world_size"] == 2 and marker["format"] == 3 and len(marker["files"]) == 7
+    files = marker["files"]
+    assert files[SHARD.format(1, "optim")]["rank"] == 1 and mf.owner(SHARD.format(1, "optim"), files[SHARD.format(1, "optim")]) == 1
+    assert mf.owner("meta.json", files["meta.json"]) is None and files["meta.json"]["rank"] == 0
+
+
+def test_ownership_comes_from_the_writer_not_the_file_name(tmp_path):
+    """A per-rank file under any name is the writer's (new per-rank state needs no pattern); a file named
+    like a ZeRO shard that no rank claimed is shared."""
+    _write(tmp_path, "newstate/whatever.bin", b"rank 1's")
+    _write(tmp_path, SHARD.format(5, "optim"), b"odd")
+    r1 = mf.rank_report(tmp_path, 1, ["newstate/whatever.bin"])
+    r0 = mf.rank_report(tmp_path, 0, [])
+    files = mf.build_marker(2, [r0, r1], mf.describe(tmp_path, mf.unclaimed(tmp_path, [r0, r1])))["files"]
+    assert mf.owner("newstate/whatever.bin", files["newstate/whatever.bin"]) == 1
+    assert mf.owner(SHARD.format(5, "optim"), files[SHARD.format(5, "optim")]) is None
+
+
+def test_format2_markers_still_tell_rank_files_by_name():
+    entry = {"size": 1, "sha256": "a", "rank": 3}  # format 2: no "per_rank"
+    assert mf.owner("ds/state/bf16_zero_pp_rank_3_mp_rank_00_optim_states.pt", entry) == 3
+    assert mf.owner("rng/rank_00002.pt", entry) == 2 and mf.owner("ema/rank_00004.safetensors", entry) == 4
+    assert mf.owner("meta.json", {"size": 1, "sha256": "a", "rank": 0}) is None
 
 
 def test_a_rank_that_failed_means_no_marker(tmp_path):
-    _rank_files(tmp_path, 0)
+    own = _rank_files(tmp_path, 0)
     (tmp_path / SHARD.format(0, "optim")).unlink()
-    bad = mf.rank_report(tmp_path, 0)
-    assert not bad["ok"] and "ZeRO optim shard" in bad["error"]
-    with pytest.raises(ValueError, match="rank 0: no ZeRO optim shard written"):
+    bad = mf.rank_report(tmp_path, 0, own)
+    assert not bad["ok"] and "FileNotFoundError" in bad["error"] and "optim_states.pt" in bad["error"]
+    with pytest.raises(ValueError, match="rank 0: FileNotFoundError"):
         mf.build_marker(3, [bad, {"rank": 1, "ok": True, "error": "", "files": {}}])
     two = [{"rank": r, "ok": True, "error": "", "files": {"x": {"size": 1, "sha256": "a"}}} for r in (0, 1)]
     with pytest.raises(ValueError, match="reported by rank 0 and rank 1"):
         mf.build_marker(3, two)
+    with pytest.raises(ValueError, match="reported by rank 0 and as a shared file"):
+        mf.build_marker(3, two[:1], {"x": {"size": 1, "sha256": "a"}})
     w = ck.CheckpointWriter(tmp_path / "root", 0, 2, 0)
     w.tmp_folder(5).mkdir(parents=True)
     with pytest.raises(ValueError, match="rank 1: disk full"):
         w.publish(5, {}, [{"rank": 0, "ok": True, "error": "", "files": {}},
                           {"rank": 1, "ok": False, "error": "disk full", "files": {}}])
     assert ck.list_checkpoints(w.root, complete_only=False) == []
+    with pytest.raises(ValueError, match="not inside the step folder"):
+        w.claim(5, [tmp_path / "elsewhere.pt"])
 
 
 def test_verify_size_hash_missing_and_bad_marker(tmp_path):

@@ -33,14 +33,14 @@ def test_ema_files_are_rank_files_and_damage_is_named(tmp_path):
     from mvar_dist.runs import manifest as mf
     from mvar_dist.runs.layout import ema_file
 
-    assert mf.file_owner(ema_file(3)) == 3
     for rank in (0, 1):
         p = tmp_path / ema_file(rank)
         p.parent.mkdir(exist_ok=True)
         p.write_bytes(bytes(range(200)))
-    reports = [{"rank": r, "ok": True, "error": "",
-                "files": mf.describe(tmp_path, [ema_file(r)])} for r in (0, 1)]
+    reports = [mf.rank_report(tmp_path, r, [ema_file(r)]) for r in (0, 1)]
     (tmp_path / mf.MARKER).write_text(mf.marker_text(mf.build_marker(5, reports)))
+    files = mf.read_files_entry(tmp_path)
+    assert mf.owner(ema_file(1), files[ema_file(1)]) == 1
     assert mf.verify_folder(tmp_path, "hash") is None
     data = bytearray((tmp_path / ema_file(1)).read_bytes())
     data[100] ^= 1  # a flipped bit, same size

@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from mvar_dist.distributed import barrier, init_process_group
+from mvar_dist.distributed import barrier, gather_to_0, init_process_group
 from mvar_dist.runs.layout import (TOKENIZER_EXPORT, TOKENIZER_KIND, is_complete, is_marked, latest_checkpoint,
                                    list_checkpoints, read_meta)
 from mvar_dist.runs.storage import set_aside
@@ -72,12 +72,12 @@ def save_checkpoint(writer: CheckpointWriter, step: int, state: Dict[str, Any], 
         os.replace(tmp / f".{STATE_FILE}.part", tmp / STATE_FILE)
         export_model.save_official(tmp / EXPORT_FILE)
     barrier()
-    writer.write_rank_files(tmp, capture_rng())
-    barrier()
+    writer.write_rank_files(step, capture_rng())
+    reports = gather_to_0(writer.report(step))  # after every rank wrote its files
     final = None
     if rank == 0:
         final = writer.publish(step, {"meta.json": json.dumps(meta, indent=1) + "\n",
-                                      "config.json": json.dumps(config, indent=1, default=str) + "\n"})
+                                      "config.json": json.dumps(config, indent=1, default=str) + "\n"}, reports)
     barrier()
     return final
 
