@@ -1,10 +1,10 @@
-"""How many classes a global batch holds, with the real EpochPlan, on an ImageNet-like listing.
+"""How many classes a global batch holds, with the real EpochOrder, on an ImageNet-like listing.
 
     python benchmarks/class_mix.py [--classes 1000 --per-class 1300 --batch 768 --window 4096]
 
 Shards of --per-shard images either follow the class-sorted listing (datasets written before the
 job dealt images, or not resharded) or the dealt order (deal_permutation, what the job and
-`launchers/reshard.py` write); the loader's order (EpochPlan) is the same in both. "uniform" is the
+`launchers/reshard.py` write); the loader's order (EpochOrder) is the same in both. "uniform" is the
 expectation under a fresh global permutation per epoch (the official sampler).
 """
 from __future__ import annotations
@@ -14,15 +14,15 @@ import argparse
 import numpy as np
 
 from mvar_dist.data.mixing import mix_stats
-from mvar_dist.data.order import EpochPlan
+from mvar_dist.data.order import EpochOrder
 from mvar_dist.data.shards import deal_permutation
 
 
 def epoch_labels(labels_N: np.ndarray, per_shard: int, window: int, batch: int, seed: int, epoch: int):
     counts = [min(per_shard, len(labels_N) - s) for s in range(0, len(labels_N), per_shard)]
-    plan = EpochPlan(seed, epoch, counts, window)
+    order = EpochOrder(seed, epoch, counts, window)
     steps = len(labels_N) // batch
-    shard, local = plan.locate(np.arange(steps * batch))
+    shard, local = order.locate(np.arange(steps * batch))
     return labels_N[shard * per_shard + local].reshape(steps, batch)
 
 

@@ -1,6 +1,6 @@
-"""The tokenisation job: plan -> skip finished shards -> Ray Data pipeline -> shards -> manifest.
+"""The tokenisation job: shard spans -> skip finished shards -> Ray Data pipeline -> shards -> manifest.
 
-The driver owns the plan and the writes: shard i holds images [i*n, (i+1)*n) of the dealt listing
+The driver owns the spans and the writes: shard i holds images [i*n, (i+1)*n) of the dealt listing
 (a seeded permutation of the sorted input listing, so every shard mixes all classes: ImageNet lists
 class by class), rows sorted by (dealt position, variant), so the output does not depend on which
 worker finished first, on how many workers there were, or on where an earlier run was interrupted.
@@ -59,7 +59,7 @@ class TokenizeOptions:
 
 
 @dataclass
-class ShardPlan:
+class ShardSpan:
     index: int
     start: int          # first input position
     stop: int
@@ -79,23 +79,23 @@ class JobHooks:
     """Points where a caller can reach into the job; the defaults do nothing.
 
     shard_written(dest, written, pending): after each shard this run writes (file and completion
-    record); `written` counts them, `pending` lists this run's shard plans in writing order.
+    record); `written` counts them, `pending` lists this run's shard spans in writing order.
     The interruption test kills the driver from here (tests/helpers/pretokenize_killed_after.py)."""
 
-    shard_written: Callable[[Destination, int, List[ShardPlan]], None] = _no_op
+    shard_written: Callable[[Destination, int, List[ShardSpan]], None] = _no_op
 
 
 def _sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def plan_shards(listing: Listing, job_fp: str, per_shard: int) -> List[ShardPlan]:
-    plans = []
+def span_shards(listing: Listing, job_fp: str, per_shard: int) -> List[ShardSpan]:
+    spans = []
     for i, start in enumerate(range(0, len(listing.refs), per_shard)):
         refs = listing.refs[start:start + per_shard]
         fp = _sha([job_fp, [(r.image_id, r.label, r.size) for r in refs]])
-        plans.append(ShardPlan(i, start, start + len(refs), fp))
-    return plans
+        spans.append(ShardSpan(i, start, start + len(refs), fp))
+    return spans
 
 
 def load_driver_tokenizer(tok_cfg):
@@ -155,11 +155,11 @@ def _tokenize_into(dest: "Destination", listing, tok_cfg, opts: TokenizeOptions,
            "images_per_shard": opts.images_per_shard, "row_group_size": opts.row_group_size,
            "order": {k: listing.order[k] for k in ("scheme", "seed")}}
     job_fp = _sha(job)
-    plans = plan_shards(listing, job_fp, opts.images_per_shard)
+    spans = span_shards(listing, job_fp, opts.images_per_shard)
 
-    done = _existing_job(dest, job_fp, plans, opts)
+    done = _existing_job(dest, job_fp, spans, opts)
     if done is not None:
-        log(f"[tokenize] {dest.uri} is already complete for these settings ({len(plans)} shards); nothing to do")
+        log(f"[tokenize] {dest.uri} is already complete for these settings ({len(spans)} shards); nothing to do")
         return done
     dest.remove(MANIFEST_NAME)      # from here until the end the dataset is visibly incomplete
     dest.remove(REJECTS_NAME)
@@ -168,14 +168,14 @@ def _tokenize_into(dest: "Destination", listing, tok_cfg, opts: TokenizeOptions,
 
     records: Dict[str, dict] = {}
     pending = []
-    for p in plans:
+    for p in spans:
         rec = dest.completed_record(p.name, p.fingerprint, opts.check_sha)
         if rec is None:
             pending.append(p)
         else:
             records[p.name] = rec
     log(f"[tokenize] {len(listing.refs)} images in {len(listing.class_names)} classes from {listing.source}; "
-        f"{len(plans)} shards ({len(plans) - len(pending)} already done"
+        f"{len(spans)} shards ({len(spans) - len(pending)} already done"
         + (f", {stale} stale temp files removed" if stale else "") + f"), K={opts.variants.count} variants -> {dest.uri}")
     if pending:
         import ray
@@ -202,7 +202,7 @@ def _tokenize_into(dest: "Destination", listing, tok_cfg, opts: TokenizeOptions,
     return uri
 
 
-def _existing_job(dest: Destination, job_fp: str, plans: List[ShardPlan], opts: TokenizeOptions) -> Optional[str]:
+def _existing_job(dest: Destination, job_fp: str, spans: List[ShardSpan], opts: TokenizeOptions) -> Optional[str]:
     """Manifest URI when the destination already holds this exact job; raise if it holds another one."""
     manifest = dest.read_manifest()
     try:
@@ -215,7 +215,7 @@ def _existing_job(dest: Destination, job_fp: str, plans: List[ShardPlan], opts: 
                                   "settings, or pass --overwrite to start over")
         return None
     same = prev is not None and prev.get("fingerprint") == job_fp and [s.name for s in manifest.shards] == [
-        p.name for p in plans] and all(dest.completed_record(p.name, p.fingerprint, False) for p in plans)
+        p.name for p in spans] and all(dest.completed_record(p.name, p.fingerprint, False) for p in spans)
     if same:
         return f"{dest.uri}/{MANIFEST_NAME}"
     if not opts.overwrite:
@@ -277,7 +277,7 @@ def _run_pipeline(listing, pending, tok_cfg, tok_hash, vae, dest, opts, records,
     progress.finish()
 
 
-def _write_shard(dest: Destination, plan: ShardPlan, parts: List[dict], opts: TokenizeOptions) -> dict:
+def _write_shard(dest: Destination, span: ShardSpan, parts: List[dict], opts: TokenizeOptions) -> dict:
     cat = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     order = np.lexsort((cat["variant"], cat["pos"]))
     cat = {key: val[order] for key, val in cat.items()}
@@ -286,8 +286,8 @@ def _write_shard(dest: Destination, plan: ShardPlan, parts: List[dict], opts: To
                for i, p, r in zip(cat["image_id"][~ok], cat["path"][~ok], cat["reason"][~ok])]
     data = shard_bytes([str(i) for i in cat["image_id"][ok]], cat["label"][ok], cat["variant"][ok],
                        cat["tokens"][ok], opts.row_group_size)
-    dest.write(plan.name, data)
-    rec = record_from(plan.name, data, int(ok.sum()), int((cat["variant"][ok] == 0).sum()), plan.fingerprint, rejects)
+    dest.write(span.name, data)
+    rec = record_from(span.name, data, int(ok.sum()), int((cat["variant"][ok] == 0).sum()), span.fingerprint, rejects)
     dest.write_record(rec)          # after the shard: a record always points at a complete file
     return rec
 

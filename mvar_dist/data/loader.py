@@ -19,7 +19,7 @@ import torch
 from mvar_dist.distributed import per_rank_batch
 
 from .io import ShardStore, ShardError, check_shards_present, read_manifest, split_counts, warn_if_sorted
-from .order import EpochPlan
+from .order import EpochOrder
 from .prefetch import WorkerPool, read_ahead
 
 
@@ -93,10 +93,10 @@ def _batch_positions(s: LoaderSettings, start: int, k: int) -> np.ndarray:
     return np.arange(first, first + s.local_batch)
 
 
-def assemble_np(store: ShardStore, plan: EpochPlan, counts: Sequence[int],
+def assemble_np(store: ShardStore, order: EpochOrder, counts: Sequence[int],
                 positions: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Global positions -> (labels_B int64, tokens_BL uint16) in position order."""
-    shards, local = plan.locate(positions)
+    shards, local = order.locate(positions)
     labels_B = np.empty(len(positions), dtype=np.int64)
     tokens_BL = np.empty((len(positions), store.seq_len), dtype=np.uint16)
     for shard in np.unique(shards):
@@ -106,7 +106,7 @@ def assemble_np(store: ShardStore, plan: EpochPlan, counts: Sequence[int],
             name = store.manifest.shards[shard].name
             raise ShardError(f"token shard {name} holds {index.num_images} images of split {store.split!r}, the "
                              f"manifest implies {counts[shard]}: every image's variants must sit in one shard")
-        rows = index.chosen_rows(plan.seed, plan.epoch, local[sel])
+        rows = index.chosen_rows(order.seed, order.epoch, local[sel])
         labels_B[sel], tokens_BL[sel] = store.gather(int(shard), rows)
     return labels_B, tokens_BL
 
@@ -123,11 +123,11 @@ class _Source:
     def open_store(self) -> ShardStore:
         return _open_store(self.settings, self.manifest)
 
-    def plan(self, epoch: int) -> EpochPlan:
-        return EpochPlan(self.settings.seed, epoch, self.counts, self.settings.shuffle_window, self.settings.shuffle)
+    def order(self, epoch: int) -> EpochOrder:
+        return EpochOrder(self.settings.seed, epoch, self.counts, self.settings.shuffle_window, self.settings.shuffle)
 
-    def batch(self, store: ShardStore, plan: EpochPlan, start: int, k: int) -> Tuple[np.ndarray, np.ndarray]:
-        return assemble_np(store, plan, self.counts, _batch_positions(self.settings, start, k))
+    def batch(self, store: ShardStore, order: EpochOrder, start: int, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        return assemble_np(store, order, self.counts, _batch_positions(self.settings, start, k))
 
 
 def _as_tensors(labels_B: np.ndarray, tokens_BL: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -189,8 +189,8 @@ class TokenLoader:
         self._roll_over_if_done()
         n_batches = (self.num_samples - self.samples_consumed) // self.global_batch
         if self.settings.num_workers == 0:
-            plan, start = self._source.plan(self.epoch), self.samples_consumed
-            batches = read_ahead(lambda k: _as_tensors(*self._source.batch(self._store, plan, start, k)),
+            order, start = self._source.order(self.epoch), self.samples_consumed
+            batches = read_ahead(lambda k: _as_tensors(*self._source.batch(self._store, order, start, k)),
                                  range(n_batches), self.settings.prefetch)
         else:
             batches = self._from_workers(n_batches)

@@ -60,7 +60,7 @@ def _rng(seed: int, epoch: int, tag: int, index: int = 0) -> np.random.Generator
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch, tag, index])))
 
 
-class EpochPlan:
+class EpochOrder:
     """Maps global positions of one epoch to (shard index, sample index within the shard's split)."""
 
     def __init__(self, seed: int, epoch: int, shard_counts: Sequence[int], window: int, shuffle: bool = True):

@@ -108,7 +108,7 @@ def _worker_main(worker: int, n_workers: int, source: _Source, tasks, results, p
                 return
             gen, epoch, start, n_batches = job
             job = None
-            plan = source.plan(epoch)
+            order = source.order(epoch)
             for k in range(n_batches):
                 if batch_owner(source.settings, k, n_workers) != worker:
                     continue
@@ -117,7 +117,7 @@ def _worker_main(worker: int, n_workers: int, source: _Source, tasks, results, p
                     break
                 try:
                     store = store or source.open_store()
-                    item = ("batch", gen, k, source.batch(store, plan, start, k))
+                    item = ("batch", gen, k, source.batch(store, order, start, k))
                 except Exception as e:
                     item = ("error", gen, k, _picklable(e, worker))
                 while job is None:

@@ -78,12 +78,12 @@ def restore_rng(state: Dict[str, Any]) -> None:
 
 
 @dataclass
-class ResumePlan:
+class ResumePoint:
     folder: Path          # the complete, verified step folder to load
     meta: Dict[str, Any]  # its meta.json
     tag: str              # DeepSpeed tag under folder/ds to load
     universal: bool       # True when the world size differs: load the universal copy
-    notes: List[str] = field(default_factory=list)  # what the planner found (damaged folders, fallback)
+    notes: List[str] = field(default_factory=list)  # what choose_resume found (damaged folders, fallback)
     remote: str = ""      # s3:// step folder the ranks download `folder` from; "" = folder is the checkpoint
 
 
@@ -95,13 +95,13 @@ def check_meta_compatible(meta: Dict[str, Any], expect: Dict[str, Any], where: P
                              f"use another ckpt.dir or ckpt.resume=none")
 
 
-def plan_resume(resume: str, root, world_size: int, expect: Dict[str, Any], verify: str = "hash",
+def choose_resume(resume: str, root, world_size: int, expect: Dict[str, Any], verify: str = "hash",
                 max_fallback_steps: int = 0, allow_fallback: bool = False,
-                stage_dir: Optional[Path] = None) -> Optional[ResumePlan]:
+                stage_dir: Optional[Path] = None) -> Optional[ResumePoint]:
     """Pick the checkpoint to resume from: "none", "auto" (newest complete one that verifies) or a folder.
 
     Runs on one rank (it may set damaged folders aside); the caller shares the answer with the others.
-    For a remote checkpoint, plan.folder is where each rank downloads its files (under stage_dir)."""
+    For a remote checkpoint, its `folder` is where each rank downloads the files (under stage_dir)."""
     if resume == "none":
         return None
     notes: List[str] = []
@@ -118,7 +118,7 @@ def plan_resume(resume: str, root, world_size: int, expect: Dict[str, Any], veri
     universal = int(meta["world_size"]) != world_size
     remote = "" if isinstance(store, LocalRoot) else store.uri_of(name)
     folder = Path(stage_dir) / name if remote else store.root / name
-    return ResumePlan(folder, meta, UNIVERSAL_TAG if universal else DS_TAG, universal, notes, remote)
+    return ResumePoint(folder, meta, UNIVERSAL_TAG if universal else DS_TAG, universal, notes, remote)
 
 
 def _explicit(resume: str, verify: str):

@@ -23,17 +23,17 @@ def stage_dir(cfg) -> Path:
     return Path(cfg.ckpt.stage_dir or Path(cfg.out_dir) / "ckpt_stage")
 
 
-def agreed_plan(cfg, rank: int, expect: Dict[str, Any]) -> Optional[ck.ResumePlan]:
-    """ck.plan_resume on rank 0 (verifying files, maybe falling back); every rank returns or raises the same.
+def agreed_resume(cfg, rank: int, expect: Dict[str, Any]) -> Optional[ck.ResumePoint]:
+    """ck.choose_resume on rank 0 (verifying files, maybe falling back); every rank returns or raises the same.
 
     For a remote checkpoint every rank then downloads the files it loads."""
     box: list = [None]
     if rank == 0:
         try:
-            plan = ck.plan_resume(cfg.ckpt.resume, cfg.ckpt.dir, dist.get_world_size(), expect,
+            resume_from = ck.choose_resume(cfg.ckpt.resume, cfg.ckpt.dir, dist.get_world_size(), expect,
                                   cfg.ckpt.verify, cfg.ckpt.fallback_limit, cfg.ckpt.allow_fallback, stage_dir(cfg))
-            box[0] = ("ok", plan)
-            for note in plan.notes if plan else []:
+            box[0] = ("ok", resume_from)
+            for note in resume_from.notes if resume_from else []:
                 print(note, flush=True)
         except (ValueError, FileNotFoundError) as e:
             # Sent as text: exception objects with extra constructor arguments do not unpickle.
@@ -47,7 +47,7 @@ def agreed_plan(cfg, rank: int, expect: Dict[str, Any]) -> Optional[ck.ResumePla
     return value
 
 
-def _fetch_agreed(plan: ck.ResumePlan, rank: int) -> None:
+def _fetch_agreed(resume_from: ck.ResumePoint, rank: int) -> None:
     """Each rank downloads what it loads; a failure anywhere stops all.
 
     Same world size: its shards, RNG and EMA files and the loader/meta files. Another world size: rank 0 first
@@ -55,50 +55,50 @@ def _fetch_agreed(plan: ck.ResumePlan, rank: int) -> None:
     uploads ds/universal with its own marker: later resumes reuse it), then every rank downloads it."""
     from . import remote_fetch as remote
 
-    root, name = plan.remote.rsplit("/", 1)
+    root, name = resume_from.remote.rsplit("/", 1)
     store = None
 
     def fetch(rels):
-        store.download(name, rels, plan.folder)
-        return mf.verify_entries(files, lambda r: _local_size(plan.folder / r), None, "size", rels) or ""
+        store.download(name, rels, resume_from.folder)
+        return mf.verify_entries(files, lambda r: _local_size(resume_from.folder / r), None, "size", rels) or ""
 
     files, error, converted = {}, "", False
     try:
         store = remote.RemoteRoot(root)
         files = mf.parse_marker(store.read_text(name, mf.MARKER)) or {}
-        if plan.universal and rank == 0 and not remote.has_universal(store, name):
-            print(f"[train] converting {plan.remote} to the universal format (saved by {plan.meta['world_size']} "
-                  f"ranks), then uploading {remote.UNIVERSAL}", flush=True)
+        if resume_from.universal and rank == 0 and not remote.has_universal(store, name):
+            print(f"[train] converting {resume_from.remote} to the universal format (saved by "
+                  f"{resume_from.meta['world_size']} ranks), then uploading {remote.UNIVERSAL}", flush=True)
             error = fetch(sorted(r for r in files if r.startswith(f"{ck.DS_DIR}/{ck.DS_TAG}/")))
             if not error:
-                ck.ensure_universal(plan.folder)
-                remote.upload_universal(store, name, plan.folder)
+                ck.ensure_universal(resume_from.folder)
+                remote.upload_universal(store, name, resume_from.folder)
                 converted = True
     except Exception as e:  # every rank must reach the gather below
         error = f"{type(e).__name__}: {e}"
-    if plan.universal:
-        _raise_failed(plan, error)
+    if resume_from.universal:
+        _raise_failed(resume_from, error)
         error = ""
     try:
-        if plan.universal:
+        if resume_from.universal:
             # Every old rank's EMA file: a new rank's slice may come from any of them (train/ema.py).
             error = fetch(["meta.json", "loader.json", *sorted(r for r in files if r.startswith(f"{EMA_DIR}/"))])
             if not error and not converted:  # rank 0 has the copy it made
-                error = remote.download_universal(store, name, plan.folder) or ""
+                error = remote.download_universal(store, name, resume_from.folder) or ""
         elif not error:
             error = fetch(remote.files_for_rank(files, rank))
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
-    _raise_failed(plan, error)
+    _raise_failed(resume_from, error)
 
 
-def _raise_failed(plan: ck.ResumePlan, error: str) -> None:
+def _raise_failed(resume_from: ck.ResumePoint, error: str) -> None:
     """Gather every rank's error ("" = fine); raise the same ValueError on every rank if any failed."""
     errors = [None] * dist.get_world_size()
     dist.all_gather_object(errors, error)
     failed = [f"rank {r}: {e}" for r, e in enumerate(errors) if e]
     if failed:
-        raise ValueError(f"downloading {plan.remote} failed: {'; '.join(failed)}")
+        raise ValueError(f"downloading {resume_from.remote} failed: {'; '.join(failed)}")
 
 
 def _local_size(path: Path) -> Optional[int]:

@@ -24,7 +24,7 @@ from mvar_dist.precision import set_tf32
 from . import checkpoint as ck
 from . import ema as ema_mod
 from . import safe_load, startup
-from .ckpt_sync import agreed_plan, publish_agreed, stage_dir
+from .ckpt_sync import agreed_resume, publish_agreed, stage_dir
 from .engine import batch_split, build_engine, engine_dtype, fill_ds_config, oom_message, read_ds_config, \
     repair_after_universal_load, set_lr_wd
 from .export import export_weights
@@ -158,7 +158,7 @@ def train(cfg: RunConfig, ds_config_path: Optional[str] = None, zero_init: str =
 # ------------------------------------------------------------------------------------- setup and resume
 def _setup(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: int, world: int,
            device: torch.device) -> _Run:
-    """Tokenizer, data, resume plan, engine (with the resumed state) and the writers."""
+    """Tokenizer, data, resume point, engine (with the resumed state) and the writers."""
     from mvar_dist.data import LoaderSettings, TokenLoader
     from mvar_dist.vqvae import MultiScaleVQVAE
 
@@ -176,20 +176,20 @@ def _setup(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: 
     startup.check_num_classes(cfg, loader.manifest.num_classes, cfg.data.shards)
     max_steps = cfg.optim.max_steps or cfg.optim.epochs * loader.steps_per_epoch
 
-    # The resume plan comes first: a world-size change needs the universal copy and a config flag at init.
+    # The resume point comes first: a world-size change needs the universal copy and a config flag at init.
     writer = ck.CheckpointWriter(cfg.ckpt.dir, rank, cfg.ckpt.keep_last, cfg.ckpt.keep_every, stage_dir(cfg))
     if rank == 0:
         writer.clean_stale()
     dist.barrier()
-    plan = agreed_plan(cfg, rank, _shape(cfg))
-    startup.check_resume_tokenizer(cfg, plan, tok_hash)
-    if plan is not None and plan.universal:
+    resume_from = agreed_resume(cfg, rank, _shape(cfg))
+    startup.check_resume_tokenizer(cfg, resume_from, tok_hash)
+    if resume_from is not None and resume_from.universal:
         if rank == 0:
-            safe_load.check_state_files(plan.folder / ck.DS_DIR / ck.DS_TAG)  # before the converter unpickles it
-            ck.ensure_universal(plan.folder)
+            safe_load.check_state_files(resume_from.folder / ck.DS_DIR / ck.DS_TAG)  # before the converter unpickles it
+            ck.ensure_universal(resume_from.folder)
         dist.barrier()
-    ds_config = fill_ds_config(read_ds_config(ds_config_path), cfg, world, load_universal=bool(plan and plan.universal),
-                               split=(micro, accum))
+    universal = bool(resume_from and resume_from.universal)
+    ds_config = fill_ds_config(read_ds_config(ds_config_path), cfg, world, load_universal=universal, split=(micro, accum))
 
     big = cfg.model.width >= 1536  # d24 and up: never materialise the full model per rank
     model = _build_model(cfg, ds_config, zero_init == "on" or (zero_init == "auto" and big and world > 1))
@@ -206,34 +206,34 @@ def _setup(cfg: RunConfig, ds_config_path: Optional[str], zero_init: str, rank: 
                flops_per_image=int(model.flops_per_image(train=True)),
                peak_flops=device_peak_flops(device, cfg.optim.precision, cfg.log.peak_tflops), writer=writer)
     startup.check_space(cfg, rank, device, run.num_params)
-    _resume(run, plan)
-    _open_logs(run, plan)
-    run.ema = ema_mod.start(cfg, engine, rank, plan.folder if plan else None, run.metrics.message)
+    _resume(run, resume_from)
+    _open_logs(run, resume_from)
+    run.ema = ema_mod.start(cfg, engine, rank, resume_from.folder if resume_from else None, run.metrics.message)
     return run
 
 
-def _resume(run: _Run, plan: Optional[ck.ResumePlan]) -> None:
-    """Load the planned checkpoint (engine, loader position, RNG), or seed a fresh run."""
+def _resume(run: _Run, resume_from: Optional[ck.ResumePoint]) -> None:
+    """Load the chosen checkpoint (engine, loader position, RNG), or seed a fresh run."""
     cfg, rank = run.cfg, run.rank
-    if plan is None:
+    if resume_from is None:
         torch.manual_seed(cfg.seed * 1009 + rank)
         return
-    safe_load.check_state_files(plan.folder / ck.DS_DIR / plan.tag)
-    run.engine.load_checkpoint(str(plan.folder / ck.DS_DIR), tag=plan.tag, load_optimizer_states=True,
+    safe_load.check_state_files(resume_from.folder / ck.DS_DIR / resume_from.tag)
+    run.engine.load_checkpoint(str(resume_from.folder / ck.DS_DIR), tag=resume_from.tag, load_optimizer_states=True,
                                load_lr_scheduler_states=False, load_module_strict=True)
-    if plan.universal:
+    if resume_from.universal:
         repair_after_universal_load(run.engine)
-    run.loader.load_state_dict(json.loads((plan.folder / "loader.json").read_text()))
-    run.step = run.last_saved = int(plan.meta["step"])
+    run.loader.load_state_dict(json.loads((resume_from.folder / "loader.json").read_text()))
+    run.step = run.last_saved = int(resume_from.meta["step"])
     # Per-rank RNG states only mean something at the same world size.
-    rng = ck.load_rng(plan.folder, rank) if not plan.universal else None
+    rng = ck.load_rng(resume_from.folder, rank) if not resume_from.universal else None
     if rng is not None:
         ck.restore_rng(rng)
     else:
         torch.manual_seed(cfg.seed * 1009 + run.step * 7 + rank)
 
 
-def _open_logs(run: _Run, plan: Optional[ck.ResumePlan]) -> None:
+def _open_logs(run: _Run, resume_from: Optional[ck.ResumePoint]) -> None:
     """The run folder, this rank's step log and the metrics writer, cut back to the resumed step."""
     from mvar_dist.config import save_config
 
@@ -246,9 +246,11 @@ def _open_logs(run: _Run, plan: Optional[ck.ResumePlan]) -> None:
     truncate_jsonl(run.rank_log, run.step)
     run.metrics = MetricsWriter(out_dir, Path(cfg.log.tb_dir), run.rank, run.max_steps, cfg.log.progress_bar,
                                 start_step=run.step)
-    if plan is not None:
-        universal = f", universal conversion from world size {plan.meta['world_size']}" if plan.universal else ""
-        run.metrics.message(f"[train] resumed from {plan.remote or plan.folder} (step {run.step}{universal})")
+    if resume_from is not None:
+        where = resume_from.remote or resume_from.folder
+        universal = (f", universal conversion from world size {resume_from.meta['world_size']}"
+                     if resume_from.universal else "")
+        run.metrics.message(f"[train] resumed from {where} (step {run.step}{universal})")
     run.metrics.message(
         f"[train] {cfg.model.arch} d{cfg.model.depth} w{cfg.model.width}: {run.num_params / 1e6:.2f}M params, "
         f"{run.world} rank(s) x micro {run.micro} x accum {run.accum} = global {cfg.optim.global_batch}, "

@@ -78,12 +78,13 @@ def check_num_classes(cfg: RunConfig, dataset_classes: int, where: str) -> None:
                                                f"{dataset_classes} classes; set model.num_classes={dataset_classes}")
 
 
-def check_resume_tokenizer(cfg: RunConfig, plan: Optional[ck.ResumePlan], tok_hash: str) -> None:
+def check_resume_tokenizer(cfg: RunConfig, resume_from: Optional[ck.ResumePoint], tok_hash: str) -> None:
     """A checkpoint trained on one tokenizer's ids is refused on another's unless ckpt.allow_new_tokenizer."""
-    theirs = plan.meta.get("tokenizer_hash") if plan is not None else None
+    theirs = resume_from.meta.get("tokenizer_hash") if resume_from is not None else None
     if theirs and theirs != tok_hash and not cfg.ckpt.allow_new_tokenizer:
         raise ConfigError("ckpt.allow_new_tokenizer",
-                          f"checkpoint {plan.remote or plan.folder} was trained with tokenizer {theirs[:12]}..., this "
+                          f"checkpoint {resume_from.remote or resume_from.folder} was trained with tokenizer "
+                          f"{theirs[:12]}..., this "
                           f"run uses {tok_hash[:12]}... (tokenizer.checkpoint / the shards' tokenizer); resume it with "
                           f"the same tokenizer, or pass --allow-new-tokenizer (ckpt.allow_new_tokenizer=true) to "
                           f"continue on the new ids deliberately")

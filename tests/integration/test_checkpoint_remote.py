@@ -62,11 +62,11 @@ def test_remote_resume_verifies_and_falls_back(moto_s3, tmp_path):
     assert store.problem("step_00000008", "size") is None
     assert "has sha256" in store.problem("step_00000008", "hash")
 
-    plan = ck.plan_resume("auto", root, 2, {}, "hash", max_fallback_steps=4, stage_dir=tmp_path / "dl")
+    plan = ck.choose_resume("auto", root, 2, {}, "hash", max_fallback_steps=4, stage_dir=tmp_path / "dl")
     assert plan.remote == f"{root}/step_00000004" and plan.folder == tmp_path / "dl" / "step_00000004"
     assert any("step_00000008 is damaged" in n for n in plan.notes)
     assert store.names() == ["step_00000004"] and store.exists("damaged.step_00000008")  # kept, not deleted
-    other = ck.plan_resume("auto", root, 1, {}, stage_dir=tmp_path / "dl")  # another world size: universal copy
+    other = ck.choose_resume("auto", root, 1, {}, stage_dir=tmp_path / "dl")  # another world size: universal copy
     assert other.universal and other.tag == ck.UNIVERSAL_TAG and other.remote == f"{root}/step_00000004"
 
 

@@ -123,7 +123,7 @@ def test_old_markers_are_accepted_with_a_warning(tmp_path):
         folder = _save(tmp_path, step)
         (folder / ck.MARKER).write_text(text)
         (folder / SHARD.format(0, "optim")).write_bytes(b"x")  # damage cannot be seen without a file list
-    plan = ck.plan_resume("auto", tmp_path, 2, {"arch": "mvar"})
+    plan = ck.choose_resume("auto", tmp_path, 2, {"arch": "mvar"})
     assert plan.folder.name == "step_00000008"
     assert any("no file list" in n and "unverified" in n for n in plan.notes)
 
@@ -135,13 +135,13 @@ def test_resume_auto_falls_back_to_newest_verified_and_keeps_damaged(tmp_path):
     bad.write_bytes(bad.read_bytes()[:10])
 
     with pytest.raises(ValueError) as e:  # 4 steps back, the limit is 3: refused, nothing moved
-        ck.plan_resume("auto", tmp_path, 2, {}, "hash", max_fallback_steps=3)
+        ck.choose_resume("auto", tmp_path, 2, {}, "hash", max_fallback_steps=3)
     msg = str(e.value)
     assert "step_00000012 is damaged: ds/state/zero_pp_rank_1_mp_rank_00_optim_states.pt has 10 bytes" in msg
     assert "step_00000008, is 4 steps before step_00000012" in msg and "ckpt.allow_fallback=true" in msg
     assert (tmp_path / "step_00000012").is_dir()
 
-    plan = ck.plan_resume("auto", tmp_path, 2, {}, "size", max_fallback_steps=4)
+    plan = ck.choose_resume("auto", tmp_path, 2, {}, "size", max_fallback_steps=4)
     assert plan.folder.name == "step_00000008" and not plan.universal
     notes = "\n".join(plan.notes)
     assert "checkpoint step_00000012 is damaged: ds/state/zero_pp_rank_1_mp_rank_00_optim_states.pt" in notes
@@ -160,13 +160,13 @@ def test_fallback_flag_explicit_folder_and_nothing_verifies(tmp_path):
     bad = tmp_path / "step_00000008" / "meta.json"
     bad.write_text(bad.read_text().replace("mvar", "MVAR"))  # same size
     with pytest.raises(ck.CheckpointDamaged, match="step_00000008 is damaged: meta.json has sha256"):
-        ck.plan_resume(str(tmp_path / "step_00000008"), tmp_path, 2, {})
+        ck.choose_resume(str(tmp_path / "step_00000008"), tmp_path, 2, {})
     assert (tmp_path / "step_00000008").is_dir()  # an explicit choice is refused, not moved
-    plan = ck.plan_resume("auto", tmp_path, 2, {}, max_fallback_steps=0, allow_fallback=True)
+    plan = ck.choose_resume("auto", tmp_path, 2, {}, max_fallback_steps=0, allow_fallback=True)
     assert plan.folder.name == "step_00000004"
     (tmp_path / "step_00000004" / "rng" / "rank_00000.pt").unlink()
     with pytest.raises(ValueError, match="no checkpoint under .* verifies .*rng/rank_00000.pt is missing"):
-        ck.plan_resume("auto", tmp_path, 2, {}, allow_fallback=True)
+        ck.choose_resume("auto", tmp_path, 2, {}, allow_fallback=True)
 
 
 def test_clean_stale_keeps_marked_damaged_folders(tmp_path):

@@ -97,10 +97,10 @@ def test_incomplete_folder_is_never_selected(tmp_path):
     _fake_step(tmp_path, 10)
     _fake_step(tmp_path, 20, complete=False)
     assert ck.latest_checkpoint(tmp_path).name == "step_00000010"
-    plan = ck.plan_resume("auto", tmp_path, world_size=2, expect={"arch": "mvar"})
+    plan = ck.choose_resume("auto", tmp_path, world_size=2, expect={"arch": "mvar"})
     assert plan.folder.name == "step_00000010" and not plan.universal and plan.tag == ck.DS_TAG
     with pytest.raises(ValueError, match="COMPLETE"):
-        ck.plan_resume(str(tmp_path / "step_00000020"), tmp_path, 2, {})
+        ck.choose_resume(str(tmp_path / "step_00000020"), tmp_path, 2, {})
     w = ck.CheckpointWriter(tmp_path, rank=0, keep_last=2, keep_every=0)
     (tmp_path / ".tmp.step_00000030").mkdir()
     w.clean_stale()
@@ -109,12 +109,12 @@ def test_incomplete_folder_is_never_selected(tmp_path):
 
 def test_plan_resume_world_size_change_and_arch_mismatch(tmp_path):
     _fake_step(tmp_path, 5, world=2)
-    plan = ck.plan_resume("auto", tmp_path, world_size=1, expect={"arch": "mvar"})
+    plan = ck.choose_resume("auto", tmp_path, world_size=1, expect={"arch": "mvar"})
     assert plan.universal and plan.tag == ck.UNIVERSAL_TAG
     with pytest.raises(ValueError, match="arch=mvar, this run has arch=var"):
-        ck.plan_resume("auto", tmp_path, world_size=2, expect={"arch": "var"})
-    assert ck.plan_resume("none", tmp_path, 2, {}) is None
-    assert ck.plan_resume("auto", tmp_path / "empty", 2, {}) is None
+        ck.choose_resume("auto", tmp_path, world_size=2, expect={"arch": "var"})
+    assert ck.choose_resume("none", tmp_path, 2, {}) is None
+    assert ck.choose_resume("auto", tmp_path / "empty", 2, {}) is None
 
 
 def test_retention_keeps_exactly_k_plus_every_m(tmp_path):
