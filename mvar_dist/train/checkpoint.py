@@ -145,7 +145,7 @@ def _newest_verified(store, verify: str, max_fallback_steps: int, allow_fallback
         if problem is None:
             break
         damaged.append(name)
-        notes.append(f"[train] {CheckpointDamaged(name, problem)}")
+        notes.append(str(CheckpointDamaged(name, problem)))
     else:
         if damaged:  # starting from scratch over them would silently throw the run away
             raise ValueError(f"no checkpoint under {store.uri_of('')} verifies ({'; '.join(notes)}); repair one, "
@@ -155,13 +155,13 @@ def _newest_verified(store, verify: str, max_fallback_steps: int, allow_fallback
         newest = damaged[0]
         gap = step_of(newest) - step_of(name)
         if gap > max_fallback_steps and not allow_fallback:
-            raise ValueError(f"{'; '.join(n.replace('[train] ', '') for n in notes)}. The newest checkpoint that "
+            raise ValueError(f"{'; '.join(notes)}. The newest checkpoint that "
                              f"verifies, {name}, is {gap} steps before {newest}, more than "
                              f"ckpt.max_fallback_steps={max_fallback_steps}; set ckpt.allow_fallback=true to resume "
                              f"from {name}, or repair {newest}")
         for bad in damaged:
-            notes.append(f"[train] kept {bad} (not deleted) as {store.set_aside(bad)}")
-        notes.append(f"[train] falling back to {name}, {gap} steps before {newest}")
+            notes.append(f"kept {bad} (not deleted) as {store.set_aside(bad)}")
+        notes.append(f"falling back to {name}, {gap} steps before {newest}")
     return name
 
 
@@ -171,7 +171,7 @@ def _note_unverified(store, name: str, notes: List[str]) -> None:
     except ValueError:
         legacy = False
     if legacy:
-        notes.append(f"[train] warning: {name}'s {MARKER} marker has no file list (written before "
+        notes.append(f"warning: {name}'s {MARKER} marker has no file list (written before "
                      f"checkpoints were verified); loading it unverified")
 
 

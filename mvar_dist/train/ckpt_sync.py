@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Optional
 import torch.distributed as dist
 
 from . import checkpoint as ck
+from mvar_dist.distributed import broadcast_from_0
 from mvar_dist.runs import manifest as mf
 from mvar_dist.runs.layout import EMA_DIR
 
@@ -27,23 +28,30 @@ def agreed_resume(cfg, rank: int, expect: Dict[str, Any]) -> Optional[ck.ResumeP
     """ck.choose_resume on rank 0 (verifying files, maybe falling back); every rank returns or raises the same.
 
     For a remote checkpoint every rank then downloads the files it loads."""
-    box: list = [None]
+    c = cfg.ckpt
+    resume_from = agreed(rank, lambda: ck.choose_resume(c.resume, c.dir, dist.get_world_size(), expect, c.verify,
+                                                         c.fallback_limit, c.allow_fallback, stage_dir(cfg)))
+    if resume_from is not None and resume_from.remote:
+        _fetch_agreed(resume_from, rank)
+    return resume_from
+
+
+def agreed(rank: int, choose: Callable[[], Optional[ck.ResumePoint]],
+           log: Callable[[str], None] = lambda m: print(f"[train] {m}", flush=True)) -> Optional[ck.ResumePoint]:
+    """choose() on rank 0, its notes logged there; every rank returns the same point or raises the same error."""
+    answer = None
     if rank == 0:
         try:
-            resume_from = ck.choose_resume(cfg.ckpt.resume, cfg.ckpt.dir, dist.get_world_size(), expect,
-                                  cfg.ckpt.verify, cfg.ckpt.fallback_limit, cfg.ckpt.allow_fallback, stage_dir(cfg))
-            box[0] = ("ok", resume_from)
+            resume_from = choose()
+            answer = ("ok", resume_from)
             for note in resume_from.notes if resume_from else []:
-                print(note, flush=True)
+                log(note)
         except (ValueError, FileNotFoundError) as e:
             # Sent as text: exception objects with extra constructor arguments do not unpickle.
-            box[0] = (type(e).__name__, str(e))
-    dist.broadcast_object_list(box, src=0)
-    kind, value = box[0]
+            answer = (type(e).__name__, str(e))
+    kind, value = broadcast_from_0(answer)
     if kind != "ok":
         raise (FileNotFoundError if kind == "FileNotFoundError" else ValueError)(value)
-    if value is not None and value.remote:
-        _fetch_agreed(value, rank)
     return value
 
 

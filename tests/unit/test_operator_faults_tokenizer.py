@@ -137,7 +137,8 @@ def test_tokenizer_checkpoint_that_lost_meta_json_is_set_aside(tmp_path, image_d
     assert _run(base + ["optim.max_steps=4"], capsys)[0] == 0
     (out / "ckpt" / "step_00000004" / "meta.json").unlink()
     rc, cap = _run(base + ["optim.max_steps=6"], capsys)
-    assert rc == 0 and "has its marker but no meta.json: kept (not deleted) as damaged.step_00000004" in cap.out
+    assert rc == 0 and "step_00000004 is damaged: meta.json is missing" in cap.out
+    assert "kept step_00000004 (not deleted) as damaged.step_00000004" in cap.out
     assert (out / "ckpt" / "damaged.step_00000004" / "state.pt").is_file()
     assert (out / "ckpt" / "step_00000006" / "COMPLETE").is_file()
 

@@ -15,7 +15,7 @@ from mvar_dist.train.tokenizer.config import load_tok_config
 from mvar_dist.train.tokenizer.data import ImageStream
 from mvar_dist.train.tokenizer.losses import adaptive_weight
 from mvar_dist.train.tokenizer.quant import dropout_stop, quantize_train
-from mvar_dist.train.tokenizer.state import export_copy, find_resume
+from mvar_dist.train.tokenizer.state import export_copy
 from mvar_dist.train.tokenizer.trainer import TokenizerTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -163,13 +163,23 @@ def test_missing_image_folder_error(tmp_path):
         ImageStream("", 16)
 
 
+def _reseal(folder: Path) -> None:
+    """Rewrite the marker's file list after an edit, as a checkpoint written that way would have it."""
+    from mvar_dist.runs import manifest as mf
+
+    marker = json.loads((folder / mf.MARKER).read_text())
+    marker["files"] = {rel: {**marker["files"][rel], **e} for rel, e in
+                       mf.describe(folder, list(marker["files"])).items()}
+    (folder / mf.MARKER).write_text(mf.marker_text(marker))
+
+
 def test_wrong_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such checkpoint folder"):
-        find_resume(str(tmp_path / "missing"), tmp_path)
+        TokenizerTrainer(tiny_cfg(tmp_path, f"ckpt.resume={tmp_path / 'missing'}")).resume()
     half = tmp_path / "step_00000003"
     half.mkdir()
     with pytest.raises(ValueError, match="COMPLETE"):
-        find_resume(str(half), tmp_path)
+        TokenizerTrainer(tiny_cfg(tmp_path, f"ckpt.resume={half}")).resume()
     # a complete folder from another tokenizer is refused, naming the difference
     cfg = tiny_cfg(tmp_path, f"ckpt.dir={tmp_path / 'ck'}")
     tr = TokenizerTrainer(cfg)
@@ -180,10 +190,39 @@ def test_wrong_checkpoint_errors(tmp_path):
     meta = json.loads((folder / "meta.json").read_text())
     meta["kind"] = "something-else"
     (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="is damaged: meta.json has .* the marker says"):  # edited after the marker
+        TokenizerTrainer(tiny_cfg(tmp_path, f"ckpt.resume={folder}")).resume()
+    _reseal(folder)
     with pytest.raises(ValueError, match="not a tokenizer-training checkpoint"):
         TokenizerTrainer(tiny_cfg(tmp_path, f"ckpt.resume={folder}")).resume()
     with pytest.raises(FileNotFoundError, match="tokenizer checkpoint not found"):
         TokenizerTrainer(tiny_cfg(tmp_path, f"init={tmp_path / 'nope.pth'}"))
+
+
+def test_resume_verifies_files_and_falls_back_past_a_damaged_checkpoint(tmp_path):
+    """As the main trainer: a flipped bit in the newest state.pt is named, that folder is set aside (kept),
+    and auto resume loads the one before; an explicitly named damaged folder is refused."""
+    ck_dir = tmp_path / "ck"
+    tr = TokenizerTrainer(tiny_cfg(tmp_path, f"ckpt.dir={ck_dir}", "ckpt.every_steps=1"))
+    tr.train_step(images())
+    good = tr.save()
+    tr.train_step(images())
+    bad = tr.save()
+    data = bytearray((bad / "state.pt").read_bytes())
+    data[len(data) // 2] ^= 1
+    (bad / "state.pt").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"{bad.name} is damaged: state.pt has sha256"):
+        TokenizerTrainer(tiny_cfg(tmp_path, f"ckpt.dir={ck_dir}", f"ckpt.resume={bad}")).resume()
+    logs = []
+    again = TokenizerTrainer(tiny_cfg(tmp_path, f"ckpt.dir={ck_dir}", "ckpt.every_steps=1"), log=logs.append)
+    assert again.resume() == good and again.step == 1
+    assert any(f"{bad.name} is damaged: state.pt has sha256" in m for m in logs)
+    assert (ck_dir / f"damaged.{bad.name}" / "state.pt").is_file() and not bad.exists()
+    # more than max_fallback_steps back: refused unless allowed
+    third = TokenizerTrainer(tiny_cfg(tmp_path, f"ckpt.dir={ck_dir}", "ckpt.max_fallback_steps=0"))
+    (good / "state.pt").write_bytes(b"x")
+    with pytest.raises(ValueError, match="no checkpoint under .* verifies"):
+        third.resume()
 
 
 def test_ema_weights_follow_their_formula(tmp_path):

@@ -83,7 +83,14 @@ class TokCkptConfig:
     every_steps: int = 500      # steps between step folders
     keep_last: int = 2          # newest complete step folders kept (>= 1: the last good one is never deleted)
     keep_every: int = 0         # also keep multiples of this step
-    resume: str = "auto"        # "auto" (newest complete), "none", or a step folder path
+    resume: str = "auto"        # "auto" (newest complete one that verifies), "none", or a step folder path
+    verify: str = "hash"        # check files against the marker before loading: "hash" (size + sha256) or "size"
+    max_fallback_steps: int = -1  # resume auto may skip damaged checkpoints back this many steps; -1 = every_steps
+    allow_fallback: bool = False  # true: fall back past damaged checkpoints however far
+
+    @property
+    def fallback_limit(self) -> int:  # as the main trainer's ckpt.fallback_limit
+        return self.every_steps if self.max_fallback_steps < 0 else self.max_fallback_steps
 
 
 @dataclass
@@ -134,6 +141,10 @@ class TokTrainConfig:
                     "quant.dead_every", "quant.dead_after"):
             non_negative(key, self._get(key))
         check_number("optim.ema", self.optim.ema, lo=0, hi=1, hi_open=True)
+        if self.ckpt.verify not in ("hash", "size"):
+            raise ConfigError("ckpt.verify", f"must be hash or size, got {self.ckpt.verify!r}")
+        if self.ckpt.max_fallback_steps < -1:
+            raise ConfigError("ckpt.max_fallback_steps", f"must be >= -1, got {self.ckpt.max_fallback_steps}")
         return self
 
     def _get(self, dotted: str):

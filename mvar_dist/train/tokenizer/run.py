@@ -104,9 +104,6 @@ def fit(cfg: TokTrainConfig, rank: int = 0, world: int = 1, device: Optional[tor
 def _fit(tr: TokenizerTrainer, stream: ImageStream, cfg: TokTrainConfig, rank: int, world: int,
          device: torch.device) -> Dict[str, Any]:
     tr.writer.clean_stale()
-    if rank == 0:
-        for note in S.set_aside_unreadable(cfg.ckpt_dir):
-            tr.log(note)
     D.barrier()
     resumed = tr.resume()
     tr.log(f"tokenizer {tr.vae.extra_repr()} | {sum(p.numel() for p in tr.vae.parameters()) / 1e6:.2f} M params | "

@@ -24,9 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from mvar_dist.distributed import barrier, gather_to_0, init_process_group
-from mvar_dist.runs.layout import (TOKENIZER_EXPORT, TOKENIZER_KIND, is_complete, is_marked, latest_checkpoint,
-                                   list_checkpoints, read_meta)
-from mvar_dist.runs.storage import set_aside
+from mvar_dist.runs.layout import TOKENIZER_EXPORT, TOKENIZER_KIND, read_meta
 from mvar_dist.train.checkpoint import CheckpointWriter, capture_rng, load_rng, restore_rng
 
 KIND = TOKENIZER_KIND
@@ -80,31 +78,6 @@ def save_checkpoint(writer: CheckpointWriter, step: int, state: Dict[str, Any], 
                                       "config.json": json.dumps(config, indent=1, default=str) + "\n"}, reports)
     barrier()
     return final
-
-
-def set_aside_unreadable(root: Path) -> list:
-    """Rank 0, at start: marked folders that lost meta.json are moved out of the way, never deleted."""
-    notes = []
-    for folder in list_checkpoints(root, complete_only=False):
-        if is_marked(folder) and not is_complete(folder):
-            notes.append(f"checkpoint {folder} has its marker but no meta.json: kept (not deleted) as "
-                         f"{set_aside(folder).name}")
-    return notes
-
-
-def find_resume(resume: str, root: Path) -> Optional[Path]:
-    """"none" -> None; "auto" -> newest complete step folder under root (or None); else that folder."""
-    if resume == "none":
-        return None
-    if resume == "auto":
-        return latest_checkpoint(root)
-    folder = Path(resume)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"ckpt.resume={resume}: no such checkpoint folder")
-    if not is_complete(folder):
-        raise ValueError(f"ckpt.resume={resume}: not a complete tokenizer checkpoint (no COMPLETE marker or "
-                         f"meta.json; an interrupted save or another kind of folder)")
-    return folder
 
 
 def check_meta(meta: Dict[str, Any], hparams: Dict[str, Any], folder: Path) -> None:

@@ -18,7 +18,8 @@ import torch
 
 from mvar_dist import distributed as D
 from mvar_dist.vqvae.weights import check_finite
-from mvar_dist.train.checkpoint import CheckpointWriter
+from mvar_dist.train.checkpoint import CheckpointWriter, choose_resume
+from mvar_dist.train.ckpt_sync import agreed
 from mvar_dist.vqvae import MultiScaleVQVAE
 
 from . import state as S
@@ -278,9 +279,14 @@ class TokenizerTrainer:
             self.log("checkpoint has no discriminator: starting a fresh one")
 
     def resume(self) -> Optional[Path]:
-        folder = S.find_resume(self.cfg.ckpt.resume, self.cfg.ckpt_dir)
-        if folder is None:
+        """Collective: rank 0 picks the newest checkpoint that verifies against its marker (or the named one),
+        setting damaged ones aside as the main trainer does; every rank loads that one."""
+        c, world = self.cfg.ckpt, self.world
+        point = agreed(self.rank, lambda: choose_resume(c.resume, self.cfg.ckpt_dir, world, {}, c.verify,
+                                                        c.fallback_limit, c.allow_fallback), self.log)
+        if point is None:
             return None
+        folder = point.folder
         self.load_state_dict(S.load_checkpoint(folder, self.vae.hparams(), self.rank))
         self.log(f"resumed from {folder} at step {self.step}")
         return folder
