@@ -98,3 +98,18 @@ def test_mode_trains_checkpoints_and_resumes_on_two_ranks(mode, tmp_path):
         assert got[s]["loss"] == pytest.approx(ref[s]["loss"], rel=1e-6), s
     recs = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert recs[-1]["amp_scale"] == (INIT_SCALE if mode == "fp16" else 1.0)
+
+    # The same checkpoint on one rank: DeepSpeed's universal conversion, in every precision mode. The
+    # steps differ from the 2-rank run's only by the order gradients are summed in.
+    (tmp_path / "c" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "a/checkpoints/step_00000003", tmp_path / "c/checkpoints/step_00000003")
+    p = run_train(1, [*args, f"out_dir={tmp_path / 'c'}"])
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "universal conversion from world size 2" in p.stdout
+    one = _losses(tmp_path / "c")
+    assert sorted(one) == [4, 5, 6]
+    for s in one:
+        assert one[s]["fingerprint"] == ref[s]["fingerprint"]
+        assert one[s]["loss"] == pytest.approx(ref[s]["loss"], rel=2e-3), s
+    recs = [json.loads(line) for line in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
+    assert recs[-1]["amp_scale"] == (INIT_SCALE if mode == "fp16" else 1.0)
