@@ -11,6 +11,7 @@ import time
 from typing import Callable, List, Optional, Sequence, TypeVar
 
 from mvar_dist.distributed import broadcast_from_0, rank_world
+from mvar_dist.fsio import open_fs
 
 Item = TypeVar("Item")
 
@@ -35,7 +36,18 @@ def watch(run_once: Callable[[], List], roots: Sequence[str], poll_s: float, log
         rows = run_once()
         passes += 1
         if not rows and rank_world()[0] == 0:
-            log(f"[{prefix}] nothing new under {list(roots)}; next look in {poll_s:.0f}s")
+            absent = [r for r in roots if not _exists(r)]
+            note = f" ({', '.join(absent)} not there yet: waiting for it to appear)" if absent else ""
+            log(f"[{prefix}] nothing new under {list(roots)}{note}; next look in {poll_s:.0f}s")
         if max_passes is not None and passes >= max_passes:
             break
         time.sleep(poll_s)
+
+
+def _exists(root: str) -> bool:
+    """Whether a watched root (local or s3://) exists; an unreadable one counts as there (its pass said why)."""
+    try:
+        fs, path = open_fs(root)
+        return fs.exists(path)
+    except Exception:  # noqa: BLE001  only colours a log line
+        return True
