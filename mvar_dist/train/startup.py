@@ -3,11 +3,13 @@ it could have seen at its start: the output folder is its own (a lock), the chec
 can be written (folder, or bucket + credentials), there is room for one checkpoint, the dataset's
 classes fit the model, and a resumed checkpoint was trained on this tokenizer's ids.
 
-Rank 0 checks the shared things; the verdict is all-reduced, so every rank stops together.
+Rank 0 checks the shared things (each node's first rank its node-local staging disk); the verdict is
+all-reduced, so every rank stops together.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator, Optional
 
 import torch
@@ -20,10 +22,11 @@ from . import checkpoint as ck
 from .ckpt_sync import stage_dir
 from mvar_dist.runs.storage import is_remote
 
-# ZeRO-3 bf16 checkpoint: fp32 master + Adam m, v (12 B) + the bf16 module state (2 B) + model.safetensors (2 B).
-CHECKPOINT_BYTES_PER_PARAM = 16
-# With ema.enabled: the fp32 EMA rank files (4 B) + model_ema.safetensors (2 B).
-EMA_BYTES_PER_PARAM = 6
+# One checkpoint, per parameter. Cut over the ranks: fp32 master + Adam m, v (12 B) + the bf16 module state
+# (2 B), and with ema.enabled the fp32 EMA rank files (4 B). Written by rank 0: model.safetensors (2 B) and
+# model_ema.safetensors (2 B).
+SHARDED_BYTES_PER_PARAM, EMA_SHARDED_BYTES_PER_PARAM = 14, 4
+EXPORT_BYTES_PER_PARAM, EMA_EXPORT_BYTES_PER_PARAM = 2, 2
 
 
 def _agree(failed: bool, device: torch.device) -> bool:
@@ -36,14 +39,19 @@ def _agree(failed: bool, device: torch.device) -> bool:
 
 def rank0_check(rank: int, device: torch.device, check) -> None:
     """Run check() on rank 0; raise its error there and a pointer to it on the other ranks."""
+    checked_on(rank == 0, device, check)
+
+
+def checked_on(here: bool, device: torch.device, check) -> None:
+    """Run check() on the ranks where `here`; raise its error there and a pointer to it on the others."""
     err: Optional[BaseException] = None
-    if rank == 0:
+    if here:
         try:
             check()
         except (OperatorError, OSError) as e:
             err = e
     if _agree(err is not None, device):
-        raise err if err is not None else OperatorError("rank 0 refused to start the run (see its error line)")
+        raise err if err is not None else OperatorError("another rank refused to start the run (see its error line)")
 
 
 @contextlib.contextmanager
@@ -63,12 +71,26 @@ def output_lock(cfg: RunConfig, rank: int, device: torch.device) -> Iterator[Non
         lock.release()
 
 
+def checkpoint_bytes(num_params: int, ema: bool, ranks_here: int, world: int, with_exports: bool) -> int:
+    """About what one checkpoint puts on a disk that holds the files of ranks_here of the world's ranks,
+    plus rank 0's exports when with_exports."""
+    sharded = SHARDED_BYTES_PER_PARAM + (EMA_SHARDED_BYTES_PER_PARAM if ema else 0)
+    exports = EXPORT_BYTES_PER_PARAM + (EMA_EXPORT_BYTES_PER_PARAM if ema else 0)
+    return int(num_params * (sharded * ranks_here / world + (exports if with_exports else 0)))
+
+
 def check_space(cfg: RunConfig, rank: int, device: torch.device, num_params: int) -> None:
-    """Room for one more checkpoint where it is assembled (ckpt.dir, or the staging folder for s3://)."""
-    where = stage_dir(cfg) if is_remote(cfg.ckpt.dir) else cfg.ckpt.dir
-    what = "ckpt.stage_dir" if is_remote(cfg.ckpt.dir) else "ckpt.dir"
-    per_param = CHECKPOINT_BYTES_PER_PARAM + (EMA_BYTES_PER_PARAM if cfg.ema.enabled else 0)
-    rank0_check(rank, device, lambda: check_free_space(where, per_param * num_params, what))
+    """Room for one more checkpoint where it is assembled: ckpt.dir, one folder all ranks write into (checked
+    by rank 0), or for s3:// each node's own staging folder (checked by the node's first rank, for its ranks)."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if not is_remote(cfg.ckpt.dir):
+        need = checkpoint_bytes(num_params, cfg.ema.enabled, world, world, True)
+        rank0_check(rank, device, lambda: check_free_space(cfg.ckpt.dir, need, "ckpt.dir"))
+        return
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    need = checkpoint_bytes(num_params, cfg.ema.enabled, local_world, world, rank - local_rank == 0)
+    checked_on(local_rank == 0, device, lambda: check_free_space(stage_dir(cfg), need, "ckpt.stage_dir"))
 
 
 def check_num_classes(cfg: RunConfig, dataset_classes: int, where: str) -> None:

@@ -105,3 +105,19 @@ def test_launcher_subprocess_exit_code_and_single_line(tmp_path):
                         f"data.shards={tmp_path / 'none'}"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith("error: no manifest.json under")
+
+
+def test_free_space_check_and_what_one_checkpoint_needs(tmp_path):
+    from mvar_dist.errors import OperatorError
+    from mvar_dist.preflight import check_free_space
+    from mvar_dist.train.startup import checkpoint_bytes
+
+    check_free_space(tmp_path / "not" / "made" / "yet", 1 << 20, "ckpt.dir")  # the nearest existing parent's disk
+    with pytest.raises(OperatorError, match=r"ckpt.dir=.*GiB free, one checkpoint needs about .* GiB"):
+        check_free_space(tmp_path, 1 << 62, "ckpt.dir")
+    n = 1_000_000
+    assert checkpoint_bytes(n, False, 8, 8, True) == 16 * n  # one shared folder: every rank's files + exports
+    assert checkpoint_bytes(n, True, 8, 8, True) == 22 * n
+    # s3:// staging on 2 nodes of 4 ranks: each node holds half the ZeRO-3 states; rank 0's node the exports too
+    assert checkpoint_bytes(n, False, 4, 8, True) == 9 * n and checkpoint_bytes(n, False, 4, 8, False) == 7 * n
+    assert checkpoint_bytes(n, True, 4, 8, False) == 9 * n
