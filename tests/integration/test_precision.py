@@ -79,37 +79,31 @@ def test_autocast_keeps_norms_ssm_params_and_logits_fp32(dtype, one_thread):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ("bf16", "bf16-autocast", "fp16"))
 def test_mode_trains_checkpoints_and_resumes_on_two_ranks(mode, tmp_path):
-    from test_train_loop import _losses, _make_token_shards, run_train
+    """Resumed from step 3 on 2 ranks: the uninterrupted run's losses exactly. On 1 rank (DeepSpeed's universal
+    conversion): the same batches, losses differing only by the order gradients are summed in."""
+    from test_train_loop import _make_token_shards, run_train
 
     shards = _make_token_shards(tmp_path / "tok")
     args = ["--config", "mvar_tiny", "optim.max_steps=6", "optim.tblr=0.05", "ckpt.every_steps=3",
             f"optim.precision={mode}", f"data.shards={shards}"]
     p = run_train(2, [*args, f"out_dir={tmp_path / 'a'}"])
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    (tmp_path / "b" / "checkpoints").mkdir(parents=True)
-    shutil.copytree(tmp_path / "a/checkpoints/step_00000003", tmp_path / "b/checkpoints/step_00000003")
-    p = run_train(2, [*args, f"out_dir={tmp_path / 'b'}"])
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert "resumed from" in p.stdout
-    ref, got = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    for out, world, rel in (("b", 2, 1e-6), ("c", 1, 2e-3)):
+        (tmp_path / out / "checkpoints").mkdir(parents=True)
+        shutil.copytree(tmp_path / "a/checkpoints/step_00000003", tmp_path / out / "checkpoints/step_00000003")
+        p = run_train(world, [*args, f"out_dir={tmp_path / out}"])
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        assert "resumed from" in p.stdout and ("universal conversion from world size 2" in p.stdout) == (world == 1)
+        _assert_continues(tmp_path / "a", tmp_path / out, rel, INIT_SCALE if mode == "fp16" else 1.0)
+
+
+def _assert_continues(ref_run, run, rel: float, amp_scale: float) -> None:
+    from test_train_loop import _losses
+
+    ref, got = _losses(ref_run), _losses(run)
     assert sorted(got) == [4, 5, 6]
     for s in got:
         assert got[s]["fingerprint"] == ref[s]["fingerprint"]
-        assert got[s]["loss"] == pytest.approx(ref[s]["loss"], rel=1e-6), s
-    recs = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
-    assert recs[-1]["amp_scale"] == (INIT_SCALE if mode == "fp16" else 1.0)
-
-    # The same checkpoint on one rank: DeepSpeed's universal conversion, in every precision mode. The
-    # steps differ from the 2-rank run's only by the order gradients are summed in.
-    (tmp_path / "c" / "checkpoints").mkdir(parents=True)
-    shutil.copytree(tmp_path / "a/checkpoints/step_00000003", tmp_path / "c/checkpoints/step_00000003")
-    p = run_train(1, [*args, f"out_dir={tmp_path / 'c'}"])
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert "universal conversion from world size 2" in p.stdout
-    one = _losses(tmp_path / "c")
-    assert sorted(one) == [4, 5, 6]
-    for s in one:
-        assert one[s]["fingerprint"] == ref[s]["fingerprint"]
-        assert one[s]["loss"] == pytest.approx(ref[s]["loss"], rel=2e-3), s
-    recs = [json.loads(line) for line in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
-    assert recs[-1]["amp_scale"] == (INIT_SCALE if mode == "fp16" else 1.0)
+        assert got[s]["loss"] == pytest.approx(ref[s]["loss"], rel=rel), s
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert recs[-1]["amp_scale"] == amp_scale
