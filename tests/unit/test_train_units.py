@@ -107,7 +107,7 @@ def test_incomplete_folder_is_never_selected(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000010"]
 
 
-def test_plan_resume_world_size_change_and_arch_mismatch(tmp_path):
+def test_choose_resume_world_size_change_and_arch_mismatch(tmp_path):
     _fake_step(tmp_path, 5, world=2)
     plan = ck.choose_resume("auto", tmp_path, world_size=1, expect={"arch": "mvar"})
     assert plan.universal and plan.tag == ck.UNIVERSAL_TAG
