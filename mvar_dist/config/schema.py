@@ -215,14 +215,23 @@ class CheckpointConfig:
         _positive("ckpt.every_steps", self.every_steps)
         _positive("ckpt.keep_last", self.keep_last)
         non_negative("ckpt.keep_every", self.keep_every)
-        _one_of("ckpt.verify", self.verify, ("hash", "size"))
-        if self.max_fallback_steps < -1:
-            raise ConfigError("ckpt.max_fallback_steps", f"must be >= -1, got {self.max_fallback_steps}")
+        check_resume_keys(self)
 
     @property
     def fallback_limit(self) -> int:
-        """Steps --resume auto may fall back over damaged checkpoints without allow_fallback."""
-        return self.every_steps if self.max_fallback_steps < 0 else self.max_fallback_steps
+        return fallback_limit(self)
+
+
+def check_resume_keys(ckpt) -> None:
+    """ckpt.verify and ckpt.max_fallback_steps, as both trainers' checkpoint sections have them."""
+    _one_of("ckpt.verify", ckpt.verify, ("hash", "size"))
+    if ckpt.max_fallback_steps < -1:
+        raise ConfigError("ckpt.max_fallback_steps", f"must be >= -1, got {ckpt.max_fallback_steps}")
+
+
+def fallback_limit(ckpt) -> int:
+    """Steps --resume auto may fall back over damaged checkpoints without allow_fallback."""
+    return ckpt.every_steps if ckpt.max_fallback_steps < 0 else ckpt.max_fallback_steps
 
 
 @dataclass

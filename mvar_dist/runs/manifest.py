@@ -86,12 +86,17 @@ def unclaimed(folder: Path, reports: List[Dict[str, Any]]) -> List[str]:
     return [rel for rel in folder_files(folder) if rel not in claimed]
 
 
-def build_marker(step: int, reports: List[Dict[str, Any]], shared: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """The marker from every rank's report and rank 0's shared files ({rel: describe entry});
-    ValueError naming each rank that failed, or a file claimed twice."""
+def check_reports(reports: List[Dict[str, Any]]) -> None:
+    """ValueError naming each rank whose report failed."""
     failed = [f"rank {r['rank']}: {r['error']}" for r in reports if not r["ok"]]
     if failed:
         raise ValueError("; ".join(failed))
+
+
+def build_marker(step: int, reports: List[Dict[str, Any]], shared: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The marker from every rank's report and rank 0's shared files ({rel: describe entry});
+    ValueError naming each rank that failed, or a file claimed twice."""
+    check_reports(reports)
     files: Dict[str, Dict[str, Any]] = {}
     for r in sorted(reports, key=lambda r: r["rank"]):
         for rel, entry in r["files"].items():

@@ -266,7 +266,7 @@ class CheckpointWriter:
         tmp = os.path.abspath(self.tmp_folder(step))
         for p in paths:
             rel = os.path.relpath(os.path.abspath(p), tmp)
-            if rel.startswith(".."):
+            if rel == os.pardir or rel.startswith(os.pardir + os.sep):
                 raise ValueError(f"{p} is not inside the step folder {tmp}")
             self._own.setdefault(step, set()).add(Path(rel).as_posix())
 
@@ -306,9 +306,7 @@ class CheckpointWriter:
         self.write_shared_files(step, files)
         if reports is None:
             reports = [self.report(step)]
-        failed = [f"rank {r['rank']}: {r['error']}" for r in reports if not r["ok"]]
-        if failed:  # before hashing the shared files: the marker will not be written anyway
-            raise ValueError("; ".join(failed))
+        mf.check_reports(reports)  # before hashing the shared files: no marker will be written anyway
         shared = mf.unclaimed(tmp, reports)
         text = mf.marker_text(mf.build_marker(step, reports, mf.describe(tmp, shared)))
         if self.remote is not None:

@@ -50,6 +50,10 @@ def test_tokenizer_trainer_numbers_use_the_same_validator(capsys):
     assert "error: config key 'log.log_every': must be > 0, got 0" in capsys.readouterr().err
     assert main(["ckpt.keep_last=0"]) == 2      # retention must keep the last good checkpoint
     assert "config key 'ckpt.keep_last': must be > 0" in capsys.readouterr().err
+    assert main(["ckpt.verify=sha1"]) == 2      # the main trainer's check of the resume keys
+    assert "config key 'ckpt.verify': must be one of ['hash', 'size'], got 'sha1'" in capsys.readouterr().err
+    assert main(["ckpt.max_fallback_steps=-2"]) == 2
+    assert "config key 'ckpt.max_fallback_steps': must be >= -1, got -2" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("launcher, argv, words", [

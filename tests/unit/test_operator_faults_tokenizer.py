@@ -143,6 +143,19 @@ def test_tokenizer_checkpoint_that_lost_meta_json_is_set_aside(tmp_path, image_d
     assert (out / "ckpt" / "step_00000006" / "COMPLETE").is_file()
 
 
+def test_tokenizer_resume_past_a_damaged_checkpoint_beyond_the_limit_is_one_error_line(tmp_path, image_dir, capsys):
+    out = tmp_path / "run"
+    base = TINY + [f"data.root={image_dir}", f"out_dir={out}", "ckpt.every_steps=2", "ckpt.keep_last=3"]
+    assert _run(base + ["optim.max_steps=4"], capsys)[0] == 0
+    state = out / "ckpt" / "step_00000004" / "state.pt"
+    state.write_bytes(state.read_bytes()[:-1])
+    rc, cap = _run(base + ["optim.max_steps=6", "ckpt.max_fallback_steps=1"], capsys)
+    assert rc == 2 and cap.err.count("\n") == 1 and "Traceback" not in cap.err
+    assert cap.err.startswith("error: checkpoint step_00000004 is damaged: state.pt has ")
+    assert "more than ckpt.max_fallback_steps=1; set ckpt.allow_fallback=true" in cap.err
+    assert state.is_file()  # refused, so nothing was set aside or deleted
+
+
 def test_second_tokenisation_job_on_one_dest_is_refused(tmp_path, image_dir):
     from mvar_dist.config import load_config
     from mvar_dist.data_pipeline import TokenizeOptions, VariantSpec, tokenize

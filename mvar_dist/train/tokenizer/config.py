@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 from mvar_dist.config.errors import ConfigError
 from mvar_dist.config.loader import fill_config, read_yaml_tree
 from mvar_dist.config.numbers import check_number, non_negative, positive
-from mvar_dist.config.schema import TokenizerConfig
+from mvar_dist.config.schema import TokenizerConfig, check_resume_keys, fallback_limit
 from mvar_dist.runs.layout import TOKENIZER_CKPT_SUBDIR
 
 
@@ -89,8 +89,8 @@ class TokCkptConfig:
     allow_fallback: bool = False  # true: fall back past damaged checkpoints however far
 
     @property
-    def fallback_limit(self) -> int:  # as the main trainer's ckpt.fallback_limit
-        return self.every_steps if self.max_fallback_steps < 0 else self.max_fallback_steps
+    def fallback_limit(self) -> int:
+        return fallback_limit(self)
 
 
 @dataclass
@@ -141,10 +141,7 @@ class TokTrainConfig:
                     "quant.dead_every", "quant.dead_after"):
             non_negative(key, self._get(key))
         check_number("optim.ema", self.optim.ema, lo=0, hi=1, hi_open=True)
-        if self.ckpt.verify not in ("hash", "size"):
-            raise ConfigError("ckpt.verify", f"must be hash or size, got {self.ckpt.verify!r}")
-        if self.ckpt.max_fallback_steps < -1:
-            raise ConfigError("ckpt.max_fallback_steps", f"must be >= -1, got {self.ckpt.max_fallback_steps}")
+        check_resume_keys(self.ckpt)
         return self
 
     def _get(self, dotted: str):
